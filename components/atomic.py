@@ -1,0 +1,115 @@
+"""Atomic outputs: write to a temporary sibling, then rename into place.
+
+A stage that crashes or rejects its input half-way leaves the previous version of its output
+untouched and no half-written folder behind. Directories cannot be swapped with one ``rename`` on
+every platform, so :func:`atomic_directory` renames the old version aside, renames the new one in
+and only then deletes the old one; if the process dies between the two renames, the next call
+restores the old version first (:func:`_recover`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_TMP_TAG = ".tmp-"
+_OLD_TAG = ".old-"
+
+
+def _sibling(target: Path, tag: str) -> Path:
+    return target.parent / f".{target.name}{tag}{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _recover(target: Path) -> None:
+    """Undo a swap interrupted between its two renames, and clear stale temp folders."""
+    if not target.parent.exists():
+        return
+    leftovers = sorted(target.parent.glob(f".{target.name}{_OLD_TAG}*"))
+    if leftovers and not target.exists():
+        leftovers[-1].rename(target)
+        leftovers = leftovers[:-1]
+    for stale in leftovers + sorted(target.parent.glob(f".{target.name}{_TMP_TAG}*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``target`` only if the block succeeds.
+
+    Example::
+
+        with atomic_directory("data/prepared") as tmp:
+            write_everything_into(tmp)
+        # here data/prepared is the new version; on an exception it is the old one
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
+    tmp = _sibling(target, _TMP_TAG)
+    tmp.mkdir()  # honours the umask, like the folder it replaces
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = _sibling(target, _OLD_TAG)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_TAG}", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable JSON (sorted keys, two-space indent, trailing newline) so outputs are byte-identical."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` as stable JSON, atomically."""
+    atomic_write_text(path, dumps_json(obj))
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

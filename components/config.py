@@ -1,0 +1,295 @@
+"""The ``params.yaml`` schema: the single source of settings and the only place defaults live.
+
+Every stage CLI and every flow loads the *whole* file through :func:`load_params` before it does
+anything, so a typo in any section fails every entry point the same way, before a file is written.
+Validation is strict: unknown keys, wrong types (no silent ``"5" -> 5`` coercion), out-of-range
+values and YAML syntax errors all raise :class:`~components.errors.ParamsError` with the key path
+(``train.max_epochs``) and the allowed values in the message.
+
+Overrides (Prefect flow parameters, tests) use dotted key paths, for example
+``{"train.max_epochs": 3}``; they are applied to the raw mapping and validated by the same schema,
+which is what ``dvc exp run -S train.max_epochs=3`` does to the file.
+"""
+
+from __future__ import annotations
+
+import typing
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import ParamsError
+
+DataSource = Literal["digits", "mnist", "fashion_mnist", "kmnist", "idx", "imagefolder", "npz"]
+Architecture = Literal["mlp", "cnn", "lstm", "transformer"]
+ALL_ARCHITECTURES: tuple[Architecture, ...] = typing.get_args(Architecture)
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys and type coercion are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Section):
+    """Where the images come from (read by the ``ingest`` stage)."""
+
+    source: DataSource = "digits"
+    """Dataset kind. ``digits`` is scikit-learn's bundled 8x8 digits and needs no files."""
+    path: str = "data/source"
+    """Folder holding the files of a file-based source (ignored by ``digits``)."""
+    download: bool = False
+    """Let torchvision download ``mnist``/``fashion_mnist``/``kmnist`` into ``path``; off by
+    default so that nothing reaches the network unless asked."""
+    num_classes: PositiveInt | None = None
+    """Number of classes for ``idx``/``npz`` labels (0..num_classes-1). ``None``: the sources
+    with a fixed label set use it (10 for the digit sets); ``idx``/``npz`` use max label + 1."""
+
+
+class PreprocessParams(Section):
+    """How the ingested pool is split (read by the ``preprocess`` stage)."""
+
+    seed: Annotated[int, Field(ge=0)] = 42
+    """Seed of the stratified split; same seed and same input give byte-identical output."""
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    """Share of the training pool held out for validation (early stopping, model selection)."""
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    """Share of the pool held out for testing, used only when the source has no test split of its
+    own (``digits``, a single IDX pair, one image folder, an npz without test arrays)."""
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_training_set(self) -> PreprocessParams:
+        total = self.val_fraction + self.test_fraction
+        if total >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 so that a training split remains "
+                f"(got {self.val_fraction} + {self.test_fraction} = {total:g})"
+            )
+        return self
+
+
+class TrainParams(Section):
+    """Training settings shared by every architecture (read by the ``train`` stage)."""
+
+    architectures: Annotated[list[Architecture], Field(min_length=1)] = list(ALL_ARCHITECTURES)
+    """Architectures to train; each one is a parallel branch of the pipeline."""
+    max_epochs: PositiveInt = 10
+    """Upper bound on training epochs."""
+    batch_size: PositiveInt = 128
+    """Training batch size (per device)."""
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    """Adam learning rate."""
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    """Adam weight decay."""
+
+    @model_validator(mode="after")
+    def _architectures_unique(self) -> TrainParams:
+        duplicates = sorted({a for a in self.architectures if self.architectures.count(a) > 1})
+        if duplicates:
+            raise ValueError(f"architectures must not repeat (repeated: {', '.join(duplicates)})")
+        return self
+
+
+class MLPParams(Section):
+    """``mlp``: flatten -> hidden layers (ReLU) -> classes."""
+
+    hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256, 128]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class CNNParams(Section):
+    """``cnn``: conv 3x3 -> pool 2 -> conv 3x3 -> pool 2 -> dense -> classes."""
+
+    channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
+    dense_size: PositiveInt = 64
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class LSTMParams(Section):
+    """``lstm``: image rows as time steps -> LSTM -> dense -> classes."""
+
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 1
+    dense_size: PositiveInt = 64
+
+
+class TransformerParams(Section):
+    """``transformer``: patch embedding + positions -> encoder -> pooled -> classes."""
+
+    patch_size: PositiveInt = 4
+    d_model: PositiveInt = 64
+    num_heads: PositiveInt = 8
+    num_layers: PositiveInt = 2
+    ff_size: PositiveInt = 512
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TransformerParams:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class ModelsParams(Section):
+    """Per-architecture sizes."""
+
+    mlp: MLPParams = MLPParams()
+    cnn: CNNParams = CNNParams()
+    lstm: LSTMParams = LSTMParams()
+    transformer: TransformerParams = TransformerParams()
+
+
+class EvaluateParams(Section):
+    """Evaluation settings (read by the ``evaluate`` stage)."""
+
+    batch_size: PositiveInt = 1024
+    """Inference batch size for test metrics and latency."""
+
+
+class RegisterParams(Section):
+    """Model-registry settings (read by the ``register`` stage)."""
+
+    model_name: str | None = None
+    """Registered model name; ``None`` means ``<data.source>-classifier``."""
+    metric: Literal["test_accuracy", "test_f1_macro"] = "test_accuracy"
+    """Metric that decides whether a new version becomes ``champion``."""
+
+
+class MLflowParams(Section):
+    """Tracking settings. The server itself comes from ``MLFLOW_TRACKING_URI``."""
+
+    experiment_name: str | None = None
+    """Experiment name; ``None`` means one experiment per dataset, named after ``data.source``."""
+
+
+with warnings.catch_warnings():
+    # The section name ``register`` is public; it shadows ``BaseModel.register`` (an ABC class
+    # method nobody calls on params), which pydantic warns about.
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Params(Section):
+        """The whole ``params.yaml``."""
+
+        data: DataParams = DataParams()
+        preprocess: PreprocessParams = PreprocessParams()
+        train: TrainParams = TrainParams()
+        models: ModelsParams = ModelsParams()
+        evaluate: EvaluateParams = EvaluateParams()
+        register: RegisterParams = RegisterParams()
+        mlflow: MLflowParams = MLflowParams()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: YAML syntax error: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(
+            f"{path}: the top level must be a mapping of sections "
+            f"({', '.join(Params.model_fields)}), got {type(raw).__name__}"
+        )
+    return raw
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-path overrides (``"train.max_epochs": 3``) set."""
+    result: dict[str, Any] = _deep_copy_mapping(raw)
+    for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        node = result
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(keys[: i + 1])
+                raise ParamsError(f"override {dotted}: {prefix} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _deep_copy_mapping(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy_mapping(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The schema model reached by following ``loc`` from :class:`Params` (None if not a model)."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "see the README"
+        return f"{key}: unknown key (allowed keys here: {allowed})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] in {"model_type", "model_attributes_type", "dict_type"}:
+        parent = _model_at(loc)
+        if parent is not None:
+            message = f"must be a mapping with keys {', '.join(parent.model_fields)}"
+    got = error.get("input")
+    if error["type"] not in {"missing"} and not isinstance(got, dict):
+        shown = repr(got)
+        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return f"{key}: {message}"
+
+
+def validate_params(raw: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate a raw mapping against the schema; raise :class:`ParamsError` listing every error."""
+    try:
+        return Params.model_validate(dict(raw))
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise ParamsError(f"{source}: invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read, override and validate ``params.yaml``. Raises :class:`ParamsError`, never writes."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate_params(raw, source=str(path))

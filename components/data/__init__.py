@@ -1,0 +1,1 @@
+"""Data stages: ingest a source into ``data/raw`` and preprocess it into ``data/prepared``."""

@@ -1,0 +1,46 @@
+"""Reader of ``data/prepared`` for the stages downstream of preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.data.manifest import read_manifest
+from components.data.normalize import Normalization
+from components.data.preprocess import STATS
+from components.data.tensorfile import load_arrays
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """One prepared split."""
+
+    x: np.ndarray
+    """N x C x H x W float32, normalised."""
+    y: np.ndarray
+    """N x K float32 one-hot."""
+    labels: np.ndarray
+    """N int64 class ids."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Every split plus the statistics and the manifest (whose hash is the data version)."""
+
+    splits: dict[str, PreparedSplit]
+    stats: Normalization
+    manifest: dict[str, Any]
+
+
+def load_prepared(folder: Path | str) -> PreparedData:
+    """Load and hash-check ``folder`` (the preprocess output)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, "preprocess")
+    splits = {}
+    for name, entry in manifest["splits"].items():
+        arrays = load_arrays(folder / entry["file"], required=("x", "y", "labels"))
+        splits[name] = PreparedSplit(x=arrays["x"], y=arrays["y"], labels=arrays["labels"])
+    return PreparedData(splits=splits, stats=Normalization.load(folder / STATS), manifest=manifest)

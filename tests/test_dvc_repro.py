@@ -1,0 +1,110 @@
+"""Real ``dvc repro`` in a temporary git repository holding a copy of this project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _project_files() -> list[str]:
+    """Files a fresh clone would have: tracked plus untracked-but-not-ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [f for f in listed if (REPO / f).is_file() and not f.startswith("tests/")]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        # The stage commands call ``python``: the interpreter running the tests.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+
+
+def _dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = _run([sys.executable, "-m", "dvc", *args], cwd)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("clone")
+    for name in _project_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
+        assert _run(args, root).returncode == 0
+    return root
+
+
+def _ran(output: str) -> set[str]:
+    return {stage for stage in ("ingest", "preprocess") if f"Running stage '{stage}'" in output}
+
+
+def test_repro_builds_then_is_a_no_op_then_reruns_only_what_changed(clone: Path) -> None:
+    first = _dvc(clone, "repro")
+    assert _ran(first.stdout) == {"ingest", "preprocess"}, first.stdout
+    manifest = json.loads((clone / "data/prepared/manifest.json").read_text())
+    assert manifest["source"] == "digits"
+    assert sum(e["count"] for e in manifest["splits"].values()) == 1797
+
+    second = _dvc(clone, "repro")
+    assert _ran(second.stdout) == set(), second.stdout
+    assert "up to date" in second.stdout
+    assert json.loads(_dvc(clone, "status", "--json").stdout) == {}
+
+    raw_before = (clone / "data/raw/all.safetensors").read_bytes()
+    test_before = (clone / "data/prepared/test.safetensors").read_bytes()
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["preprocess"]["seed"] = 1234
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_dvc(clone, "status", "--json").stdout)
+    assert set(status) == {"preprocess"}, status
+
+    third = _dvc(clone, "repro")
+    assert _ran(third.stdout) == {"preprocess"}, third.stdout
+    assert (clone / "data/raw/all.safetensors").read_bytes() == raw_before
+    assert (clone / "data/prepared/test.safetensors").read_bytes() != test_before
+    assert json.loads(_dvc(clone, "status", "--json").stdout) == {}
+
+    # A training-only key is not a dependency of the data stages.
+    params["train"]["max_epochs"] = 99
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_dvc(clone, "repro").stdout) == set()
+
+
+def test_repro_refuses_bad_params_before_touching_outputs(clone: Path) -> None:
+    _dvc(clone, "repro")
+    before = {p.name: p.read_bytes() for p in (clone / "data/prepared").iterdir()}
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["preprocess"]["val_fraction"] = 0.9
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = _run([sys.executable, "-m", "dvc", "repro"], clone)
+    assert result.returncode != 0
+    assert "val_fraction + test_fraction must be < 1" in result.stdout + result.stderr
+    # Outs are `persist: true` and replaced atomically by the stage: the last good version stays.
+    assert {p.name: p.read_bytes() for p in (clone / "data/prepared").iterdir()} == before
