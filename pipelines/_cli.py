@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 from components.errors import PipelineError
 
@@ -36,5 +37,7 @@ def run_stage(stage: str, body: Callable[[], T]) -> T:
     try:
         return body()
     except PipelineError as exc:
-        console.print(f"[bold red]{stage} failed:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold red]{stage} failed:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)

@@ -90,6 +90,9 @@ def check_split(split: RawSplit, num_classes: int) -> None:
 
 def check_source(data: SourceData) -> None:
     """Per-split rules, plus: all splits share one image shape (C x H x W)."""
+    for split in data.splits.values():
+        if len(split.images) == 0:
+            raise DataValidationError(split.image_file, "empty data: the split holds no images")
     if data.num_classes < 2:
         raise DataValidationError(
             next(iter(data.splits.values())).label_file,

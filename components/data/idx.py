@@ -8,6 +8,7 @@ that layout raises :class:`~components.errors.DataValidationError` naming the fi
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -83,7 +84,7 @@ def read_idx(path: Path | str, expected_ndim: int | None = None) -> np.ndarray:
         raise DataValidationError(path, "truncated IDX header: dimension sizes are missing")
     dims = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = np.dtype(IDX_DTYPES[type_code])
-    expected_bytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected_bytes = math.prod(dims) * dtype.itemsize  # Python ints: huge headers cannot wrap
     actual_bytes = len(data) - header_size
     if actual_bytes < expected_bytes:
         raise DataValidationError(

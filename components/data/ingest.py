@@ -23,6 +23,7 @@ from components.data.contract import RawSplit, SourceData, check_source
 from components.data.manifest import MANIFEST
 from components.data.sources import load_source
 from components.data.tensorfile import save_arrays
+from components.errors import DataSourceError
 from components.hashing import sha256_file
 
 FORMAT_VERSION = 1
@@ -69,6 +70,12 @@ def ingest(params: DataParams, out_dir: Path | str, root: Path | str = ".") -> d
         The manifest written to ``out_dir/manifest.json``.
     """
     data = load_source(params, Path(root))
+    if params.num_classes is not None and params.num_classes != data.num_classes:
+        raise DataSourceError(
+            f"data.num_classes={params.num_classes}, but data.source={params.source} has "
+            f"{data.num_classes} classes ({', '.join(data.class_names)}); set it to "
+            f"{data.num_classes} or null"
+        )
     check_source(data)
     with atomic_directory(out_dir) as tmp:
         for name, split in data.splits.items():

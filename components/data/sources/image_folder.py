@@ -2,8 +2,10 @@
 
 ``data.path`` is either the class-folder tree itself (one pool) or holds ``train/`` and ``test/``
 trees with the same class folders (the split is kept). Every non-hidden file in a class folder must
-decode as an image and all images must share one size: nothing is skipped or resized. Images are
-stored grey-scale (1 channel) when every file is grey-scale, else RGB (3 channels).
+decode as an 8-bit image and all images must share one size: nothing is skipped, resized or
+clipped. Images are stored grey-scale (1 channel) when every file is grey-scale, else RGB (3
+channels). Hidden files and folders (names starting with ``.``, such as ``.ipynb_checkpoints``)
+are not data.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from components.data.contract import RawSplit, SourceData
 from components.data.sources._paths import require_dir, source_path
 from components.errors import DataSourceError, DataValidationError
 
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_GREY_MODES = {"1", "L", "LA"}
+_COLOUR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
 def _is_visible_file(path: str) -> bool:
@@ -28,8 +31,21 @@ def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (file, class index) pairs of one class-folder tree, via torchvision."""
     from torchvision.datasets import ImageFolder
 
+    class VisibleImageFolder(ImageFolder):
+        """ImageFolder whose classes are the non-hidden sub-folders only."""
+
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(
+                entry.name
+                for entry in Path(directory).iterdir()
+                if entry.is_dir() and not entry.name.startswith(".")
+            )
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {name: index for index, name in enumerate(classes)}
+
     try:
-        dataset = ImageFolder(str(folder), loader=str, is_valid_file=_is_visible_file)
+        dataset = VisibleImageFolder(str(folder), loader=str, is_valid_file=_is_visible_file)
     except FileNotFoundError as exc:
         raise DataSourceError(f"data.path={folder}: {exc}") from None
     return list(dataset.classes), list(dataset.samples)
@@ -42,9 +58,16 @@ def _probe(path: Path) -> tuple[str, tuple[int, int]]:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.mode, image.size
+            mode, size = image.mode, image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataValidationError(path, "file cannot be decoded as an image", str(exc)) from None
+    if mode not in _GREY_MODES | _COLOUR_MODES:
+        raise DataValidationError(
+            path,
+            "only 8-bit grey-scale or colour images are supported (converting would clip values)",
+            f"image mode {mode}",
+        )
+    return mode, size
 
 
 def _decode(path: Path, mode: str) -> np.ndarray:

@@ -42,8 +42,14 @@ def load_torchvision_set(params: DataParams, root: Path) -> SourceData:
     raw_folder = data_root / dataset_class.__name__ / "raw"
     names = expected_files(params.source)
     if params.download:
-        dataset_class(str(data_root), train=True, download=True)
-        dataset_class(str(data_root), train=False, download=True)
+        try:
+            dataset_class(str(data_root), train=True, download=True)
+            dataset_class(str(data_root), train=False, download=True)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError
+            raise DataSourceError(
+                f"data.source={params.source}: download into {raw_folder} failed ({exc}); "
+                "put the files there by hand and set data.download: false"
+            ) from None
     missing = [name for name in names if not (raw_folder / name).is_file()]
     if missing:
         hint = ""
