@@ -3,13 +3,16 @@
 A stage that crashes or rejects its input half-way leaves the previous version of its output
 untouched and no half-written folder behind. Directories cannot be swapped with one ``rename`` on
 every platform, so :func:`atomic_directory` renames the old version aside, renames the new one in
-and only then deletes the old one; if the process dies between the two renames, the next call
-restores the old version first (:func:`_recover`).
+and only then deletes the old one. The two renames happen under an exclusive ``flock`` on the
+parent folder, so two writers of the same output (a flow run and a ``dvc repro``, say) never
+interleave; if a process dies between the two renames, the next writer restores the old version
+first (:func:`_recover`). Temporary folders of writers that still run are left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -20,22 +23,56 @@ from typing import Any
 
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
+_ACTIVE: set[Path] = set()
+"""Temporary folders this process is writing right now (other threads' included)."""
 
 
 def _sibling(target: Path, tag: str) -> Path:
     return target.parent / f".{target.name}{tag}{os.getpid()}-{os.urandom(4).hex()}"
 
 
+def _owner_alive(sibling: Path, tag: str) -> bool:
+    """Whether the process named in a ``.<name><tag><pid>-<hex>`` sibling still runs."""
+    try:
+        pid = int(sibling.name.split(tag, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return sibling in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``target``'s parent folder (released if the process dies, too)."""
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _recover(target: Path) -> None:
-    """Undo a swap interrupted between its two renames, and clear stale temp folders."""
-    if not target.parent.exists():
-        return
+    """Undo a swap interrupted between its two renames, and clear temp folders of dead writers.
+
+    Call with the lock held.
+    """
     leftovers = sorted(target.parent.glob(f".{target.name}{_OLD_TAG}*"))
     if leftovers and not target.exists():
         leftovers[-1].rename(target)
         leftovers = leftovers[:-1]
-    for stale in leftovers + sorted(target.parent.glob(f".{target.name}{_TMP_TAG}*")):
+    for stale in leftovers:
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in sorted(target.parent.glob(f".{target.name}{_TMP_TAG}*")):
+        if not _owner_alive(stale, _TMP_TAG):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -50,20 +87,33 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
+    with _locked(target):
+        _recover(target)
     tmp = _sibling(target, _TMP_TAG)
     tmp.mkdir()  # honours the umask, like the folder it replaces
+    _ACTIVE.add(tmp)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = _sibling(target, _OLD_TAG)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(target.parent)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = _sibling(target, _OLD_TAG)
+        with _locked(target):
+            if target.exists():
+                target.rename(old)
+            tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(target.parent)
+    finally:
+        _ACTIVE.discard(tmp)
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -97,13 +147,6 @@ def dumps_json(obj: Any) -> str:
 def atomic_write_json(path: Path | str, obj: Any) -> None:
     """Write ``obj`` as stable JSON, atomically."""
     atomic_write_text(path, dumps_json(obj))
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -11,6 +11,7 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,7 +406,7 @@ def npz_flat_images(good: GoodProject) -> tuple[str, list[str]]:
 def npz_float_labels(good: GoodProject) -> tuple[str, list[str]]:
     arrays = _npz_arrays()
     arrays["y"] = arrays["y"].astype(np.float64)
-    return _write_npz(good, **arrays), ["labels y must be integers"]
+    return _write_npz(good, **arrays), ["data.npz[y]: labels must be integers"]
 
 
 def npz_bool_images(good: GoodProject) -> tuple[str, list[str]]:
@@ -656,13 +657,20 @@ def test_atomic_directory_replaces_content_on_success(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has already exited."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def test_atomic_directory_recovers_from_manual_crash_between_renames(tmp_path: Path) -> None:
     """Old version renamed aside, target gone: the next call puts the old version back first."""
     target = tmp_path / "out"
     aside = tmp_path / f".out.old-{os.getpid()}-deadbeef"
     aside.mkdir()
     old = _fill(aside, "old")
-    stale_tmp = tmp_path / ".out.tmp-1-cafebabe"
+    stale_tmp = tmp_path / f".out.tmp-{_dead_pid()}-cafebabe"  # its writer has exited
     stale_tmp.mkdir()
     (stale_tmp / "half.txt").write_text("half-written")
 

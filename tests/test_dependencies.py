@@ -1,9 +1,15 @@
-"""The locked dependency set works together: torch on CPU, and Prefect 3.8's server on the pinned
-FastAPI (newer FastAPI releases crash it at start-up with ``Body() got an unexpected keyword
+"""The locked dependency set works together: torch on CPU, and a real Prefect 3.8 server on the
+pinned FastAPI (newer FastAPI releases crash it at start-up with ``Body() got an unexpected keyword
 argument 'min_items'``)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,16 +23,45 @@ def test_torch_runs_on_cpu() -> None:
     assert tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 6)
 
 
-@pytest.mark.slow
-def test_prefect_server_starts_and_answers_health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/prefect.db")
-    from prefect.server.api.server import create_app
-    from starlette.testclient import TestClient
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    app = create_app(ephemeral=True, final=True)
-    with TestClient(app) as client:
-        response = client.get("/api/health")
-    assert response.status_code == 200
-    assert response.json() is True
+
+@pytest.mark.slow
+def test_prefect_server_starts_and_answers_health(tmp_path: Path) -> None:
+    """``prefect server start`` on loopback comes up and answers ``/api/health``."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                    body = response.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert body == "true", (tmp_path / "server.log").read_text()[-3000:]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

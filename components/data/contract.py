@@ -22,7 +22,7 @@ class RawSplit:
     images: np.ndarray
     """N x C x H x W, the source's own dtype and value range (uint8 0..255 for IDX/PNG)."""
     labels: np.ndarray
-    """N class ids, int64."""
+    """N class ids as the source stores them; :func:`check_split` requires integers."""
     image_file: Path
     """File (or folder) the images came from, for error messages."""
     label_file: Path
@@ -51,8 +51,7 @@ def check_split(split: RawSplit, num_classes: int) -> None:
         raise DataValidationError(
             split.image_file, "images must be N x C x H x W", f"got shape {list(images.shape)}"
         )
-    if len(images) == 0:
-        raise DataValidationError(split.image_file, "empty data: the split holds no images")
+    _require_images(split)
     if labels.ndim != 1:
         raise DataValidationError(
             split.label_file, "labels must be a 1-D array", f"got shape {list(labels.shape)}"
@@ -88,11 +87,19 @@ def check_split(split: RawSplit, num_classes: int) -> None:
         )
 
 
+def _require_images(split: RawSplit) -> None:
+    if len(split.images) == 0:
+        raise DataValidationError(split.image_file, "empty data: the split holds no images")
+
+
 def check_source(data: SourceData) -> None:
-    """Per-split rules, plus: all splits share one image shape (C x H x W)."""
+    """Per-split rules, plus: all splits share one image shape (C x H x W).
+
+    Emptiness is checked first: an empty source would otherwise be reported as having too few
+    classes.
+    """
     for split in data.splits.values():
-        if len(split.images) == 0:
-            raise DataValidationError(split.image_file, "empty data: the split holds no images")
+        _require_images(split)
     if data.num_classes < 2:
         raise DataValidationError(
             next(iter(data.splits.values())).label_file,
@@ -114,8 +121,13 @@ def check_source(data: SourceData) -> None:
 
 
 def infer_num_classes(splits: dict[str, RawSplit], declared: int | None) -> int:
-    """``declared`` if given, else max label + 1 over all splits (labels still checked later)."""
+    """``declared`` if given, else max label + 1 over the integer labels of all splits (labels of
+    another type or shape are refused later by :func:`check_split`)."""
     if declared is not None:
         return declared
-    maxima = [int(s.labels.max()) for s in splits.values() if s.labels.size and s.labels.ndim == 1]
+    maxima = [
+        int(s.labels.max())
+        for s in splits.values()
+        if s.labels.size and s.labels.ndim == 1 and np.issubdtype(s.labels.dtype, np.integer)
+    ]
     return max(maxima, default=-1) + 1

@@ -79,7 +79,8 @@ def ingest(params: DataParams, out_dir: Path | str, root: Path | str = ".") -> d
     check_source(data)
     with atomic_directory(out_dir) as tmp:
         for name, split in data.splits.items():
-            save_arrays(tmp / f"{name}.safetensors", {"images": split.images, "labels": split.labels})
+            labels = split.labels.astype(np.int64)  # checked: integers in 0..num_classes-1
+            save_arrays(tmp / f"{name}.safetensors", {"images": split.images, "labels": labels})
         manifest = build_manifest(params, data, tmp)
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest

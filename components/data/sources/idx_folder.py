@@ -11,13 +11,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
 from components.config import DataParams
 from components.data.contract import RawSplit, SourceData, infer_num_classes
 from components.data.idx import read_idx
 from components.data.sources._paths import require_dir, source_path
-from components.errors import DataSourceError, DataValidationError
+from components.errors import DataSourceError
 
 _IDX_NAME = re.compile(
     r"^(?P<prefix>.+?)[-_.](?P<kind>images|labels)[-_.]idx(?P<ndim>[13])[-_.]ubyte(?P<gz>\.gz)?$"
@@ -79,11 +77,9 @@ def load_idx_folder(params: DataParams, root: Path) -> SourceData:
     for prefix, (image_file, label_file) in pairs.items():
         images = read_idx(image_file, expected_ndim=3)  # (N, H, W)
         labels = read_idx(label_file, expected_ndim=1)  # (N,)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataValidationError(label_file, "labels must be integers", f"got {labels.dtype}")
         splits[names[prefix]] = RawSplit(
             images=images[:, None, :, :],  # (N, 1, H, W)
-            labels=labels.astype(np.int64),
+            labels=labels,
             image_file=image_file,
             label_file=label_file,
         )

@@ -72,12 +72,9 @@ def load_npz(params: DataParams, root: Path) -> SourceData:
     pairs = {"train": ("x", "y"), "test": ("x_test", "y_test")} if "x_test" in arrays else {"all": ("x", "y")}
     splits: dict[str, RawSplit] = {}
     for name, (x_key, y_key) in pairs.items():
-        labels = arrays[y_key]
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataValidationError(file, f"labels {y_key} must be integers", f"got {labels.dtype}")
         splits[name] = RawSplit(
             images=_to_nchw(arrays[x_key], file, x_key),
-            labels=labels.astype(np.int64),
+            labels=arrays[y_key],
             image_file=Path(f"{file}[{x_key}]"),
             label_file=Path(f"{file}[{y_key}]"),
         )
