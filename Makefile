@@ -28,11 +28,13 @@ run: install
 
 test: install
 	$(UV) run ruff check .
+	$(UV) run mypy
 	$(UV) run pytest
 
 lint: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	$(UV) run mypy
 
 format: install
 	$(UV) run ruff format .

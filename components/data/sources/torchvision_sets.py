@@ -8,6 +8,7 @@ with the project's IDX reader so that a corrupt file is named with the rule it b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,11 +18,14 @@ from components.data.idx import read_idx
 from components.data.sources._paths import source_path
 from components.errors import DataSourceError
 
+if TYPE_CHECKING:  # torchvision is imported lazily: only these sources need it
+    from torchvision.datasets import MNIST
 
-def _dataset_class(source: str) -> type:
+
+def _dataset_class(source: str) -> type[MNIST]:
     from torchvision import datasets
 
-    classes: dict[str, type] = {
+    classes: dict[str, type[MNIST]] = {
         "mnist": datasets.MNIST,
         "fashion_mnist": datasets.FashionMNIST,
         "kmnist": datasets.KMNIST,
