@@ -65,6 +65,22 @@ def _ran(output: str) -> set[str]:
     return {stage for stage in ("ingest", "preprocess") if f"Running stage '{stage}'" in output}
 
 
+def test_committed_dvc_lock_matches_the_code_and_params(clone: Path) -> None:
+    """In a fresh clone only the (uncommitted) outputs are missing: no stage's code or params differ
+    from dvc.lock. Fails when code changed without `dvc repro` and committing dvc.lock."""
+    stages = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s["outs"]}
+    status = json.loads(_dvc(clone, "status", "--json").stdout)
+    for stage, changes in status.items():
+        for change in changes:
+            for kind, paths in change.items():
+                hint = f"stage {stage}: {change}; run `uv run dvc repro` and commit dvc.lock"
+                assert kind in {"changed outs", "changed deps"}, hint
+                # Allowed: missing outputs, and upstream outputs missing as this stage's deps.
+                assert set(paths) <= outs, hint
+                assert set(paths.values()) <= {"deleted", "not in cache"}, hint
+
+
 def test_repro_builds_then_is_a_no_op_then_reruns_only_what_changed(clone: Path) -> None:
     first = _dvc(clone, "repro")
     assert _ran(first.stdout) == {"ingest", "preprocess"}, first.stdout
