@@ -40,11 +40,11 @@ def _owner_alive(sibling: Path, tag: str) -> bool:
     if pid == os.getpid():
         return sibling in _ACTIVE
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, owned by another user
     return True
 
 

@@ -315,23 +315,6 @@ MORE_IDX_CASES: dict[str, Corruption] = {
 }
 
 
-@pytest.mark.parametrize("corrupt", IDX_CASES.values(), ids=IDX_CASES.keys())
-def test_corrupt_idx_source_is_refused_and_outputs_kept(good: GoodProject, corrupt: Corruption) -> None:
-    """A broken IDX file fails ingest (exit 2, no traceback) naming the file and rule; data/ is
-    byte-identical and no temp folder is left."""
-    file_name, phrases = corrupt(good)
-    assert_refused(good, "ingest", file_name, phrases)
-
-
-@pytest.mark.parametrize("corrupt", MORE_IDX_CASES.values(), ids=MORE_IDX_CASES.keys())
-def test_more_corrupt_idx_variants_are_refused(
-    good: GoodProject, corrupt: Corruption, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """More broken IDX variants (header, labels, .gz, NaN) fail the ingest CLI the same way."""
-    file_name, phrases = corrupt(good)
-    assert_refused(good, "ingest", file_name, phrases, capsys)
-
-
 # npz sources ---------------------------------------------------------------------------------
 
 
@@ -439,22 +422,6 @@ MORE_NPZ_CASES: dict[str, Corruption] = {
 }
 
 
-@pytest.mark.parametrize("corrupt", NPZ_CASES.values(), ids=NPZ_CASES.keys())
-def test_corrupt_npz_source_is_refused_and_outputs_kept(good: GoodProject, corrupt: Corruption) -> None:
-    """A .npz with NaN, an object array or an unknown key fails ingest (subprocess); data/ is kept."""
-    file_name, phrases = corrupt(good)
-    assert_refused(good, "ingest", file_name, phrases)
-
-
-@pytest.mark.parametrize("corrupt", MORE_NPZ_CASES.values(), ids=MORE_NPZ_CASES.keys())
-def test_more_corrupt_npz_variants_are_refused(
-    good: GoodProject, corrupt: Corruption, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """More bad .npz variants (inf, missing or extra arrays, bad shape or dtype) fail the ingest CLI."""
-    file_name, phrases = corrupt(good)
-    assert_refused(good, "ingest", file_name, phrases, capsys)
-
-
 # imagefolder sources -------------------------------------------------------------------------
 
 
@@ -519,17 +486,38 @@ IMAGEFOLDER_CASES: dict[str, Corruption] = {
 }
 
 
-@pytest.mark.parametrize("corrupt", IMAGEFOLDER_CASES.values(), ids=IMAGEFOLDER_CASES.keys())
-def test_corrupt_imagefolder_is_refused_and_outputs_kept(
+# every case above, through the ingest CLI ------------------------------------------------------
+
+
+def _named(**groups: dict[str, Corruption]) -> dict[str, Corruption]:
+    """Cases of several sources in one table, ids prefixed with the source (``idx-bad-magic``)."""
+    return {f"{source}-{name}": case for source, cases in groups.items() for name, case in cases.items()}
+
+
+SUBPROCESS_CASES = _named(idx=IDX_CASES, npz=NPZ_CASES)
+IN_PROCESS_CASES = _named(idx=MORE_IDX_CASES, npz=MORE_NPZ_CASES, imagefolder=IMAGEFOLDER_CASES)
+
+
+@pytest.mark.parametrize("corrupt", SUBPROCESS_CASES.values(), ids=SUBPROCESS_CASES.keys())
+def test_corrupt_source_is_refused_and_outputs_kept(good: GoodProject, corrupt: Corruption) -> None:
+    """A broken source file fails `python -m pipelines.ingest` (exit 2, no traceback) naming the file
+    and rule; data/ is byte-identical and no temp folder is left."""
+    file_name, phrases = corrupt(good)
+    assert_refused(good, "ingest", file_name, phrases)
+
+
+@pytest.mark.parametrize("corrupt", IN_PROCESS_CASES.values(), ids=IN_PROCESS_CASES.keys())
+def test_more_corrupt_sources_are_refused_and_outputs_kept(
     good: GoodProject, corrupt: Corruption, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An odd-sized or undecodable file in an image folder fails the ingest CLI naming that file;
-    data/ is kept. (In-process: a subprocess would spend ~12 s importing torchvision per case.)"""
+    """More broken files (IDX header/labels/.gz/NaN, npz arrays, odd or undecodable images) fail the
+    ingest CLI's entry point the same way, in-process: a subprocess would spend ~12 s importing
+    torchvision per image-folder case."""
     file_name, phrases = corrupt(good)
     assert_refused(good, "ingest", file_name, phrases, capsys)
 
 
-# known defects -------------------------------------------------------------------------------
+# rules that once failed (regression tests) ----------------------------------------------------
 
 
 def test_idx_header_with_overflowing_dimensions_is_refused(

@@ -21,6 +21,7 @@ from components.errors import DataSourceError, DataValidationError
 
 _GREY_MODES = {"1", "L", "LA"}
 _COLOUR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_EIGHT_BIT_MODES = _GREY_MODES | _COLOUR_MODES
 
 
 def _is_visible_file(path: str) -> bool:
@@ -61,7 +62,7 @@ def _probe(path: Path) -> tuple[str, tuple[int, int]]:
             mode, size = image.mode, image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataValidationError(path, "file cannot be decoded as an image", str(exc)) from None
-    if mode not in _GREY_MODES | _COLOUR_MODES:
+    if mode not in _EIGHT_BIT_MODES:
         raise DataValidationError(
             path,
             "only 8-bit grey-scale or colour images are supported (converting would clip values)",
