@@ -74,19 +74,42 @@ class PreprocessParams(Section):
         return self
 
 
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
+
+
 class TrainParams(Section):
-    """Training settings shared by every architecture (read by the ``train`` stage)."""
+    """Training settings shared by every architecture (read by the ``train`` stages)."""
 
     architectures: Annotated[list[Architecture], Field(min_length=1)] = list(ALL_ARCHITECTURES)
     """Architectures to train; each one is a parallel branch of the pipeline."""
-    max_epochs: PositiveInt = 10
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of weight initialisation, batch order and dropout."""
+    max_epochs: PositiveInt = 40
     """Upper bound on training epochs."""
     batch_size: PositiveInt = 128
     """Training batch size (per device)."""
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     """Adam learning rate."""
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    """Adam weight decay."""
+    """Adam weight decay (L2 penalty)."""
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 5
+    """Stop after this many epochs without a lower validation loss; 0 turns early stopping off."""
+    gradient_clip_val: Annotated[float, Field(ge=0.0)] = 1.0
+    """Clip the gradient norm to this value; 0 turns clipping off."""
+    accelerator: Accelerator = "auto"
+    """Lightning accelerator: ``auto`` takes a GPU when there is one, else the CPU."""
+    devices: PositiveInt | Literal["auto"] = "auto"
+    """Devices per node (Lightning ``devices``)."""
+    precision: Precision = "32-true"
+    """Lightning precision, for example ``bf16-mixed`` on GPUs that support it."""
+    in_memory: bool = True
+    """Keep the prepared tensors on the training device and slice batches there (no per-sample
+    ``DataLoader`` work). ``false`` streams batches through a ``DataLoader`` with workers."""
+    num_workers: Annotated[int, Field(ge=0)] = 2
+    """``DataLoader`` worker processes when ``in_memory`` is false."""
+    checkpoint_every_n_steps: Annotated[int, Field(ge=0)] = 0
+    """Also write the resumable checkpoint every N optimizer steps; 0: at the end of each epoch only."""
 
     @model_validator(mode="after")
     def _architectures_unique(self) -> TrainParams:
@@ -100,34 +123,58 @@ class MLPParams(Section):
     """``mlp``: flatten -> hidden layers (ReLU) -> classes."""
 
     hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256, 128]
+    """Width of each hidden layer, input side first."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout after each hidden layer."""
 
 
 class CNNParams(Section):
     """``cnn``: conv 3x3 -> pool 2 -> conv 3x3 -> pool 2 -> dense -> classes."""
 
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
+    """Output channels of each 3x3 convolution (each followed by ReLU and 2x2 max-pooling)."""
     dense_size: PositiveInt = 64
+    """Width of the dense layer before the classifier."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout before the dense layer and before the classifier."""
 
 
 class LSTMParams(Section):
-    """``lstm``: image rows as time steps -> LSTM -> dense -> classes."""
+    """``lstm``: image rows (or embedded tokens) as time steps -> LSTM -> dense -> classes."""
 
     hidden_size: PositiveInt = 64
+    """LSTM hidden state width."""
     num_layers: PositiveInt = 1
+    """Stacked LSTM layers."""
     dense_size: PositiveInt = 64
+    """Width of the dense layer on the last hidden state."""
+    vocab_size: PositiveInt | None = None
+    """Token input: vocabulary size of the embedding; ``None`` for images (rows as time steps)."""
+    embedding_dim: PositiveInt = 32
+    """Token input: embedding width."""
 
 
 class TransformerParams(Section):
-    """``transformer``: patch embedding + positions -> encoder -> pooled -> classes."""
+    """``transformer``: patch (or token) embedding + positions -> encoder -> pooled -> classes."""
 
     patch_size: PositiveInt = 4
+    """Side of the square image patches (images are zero-padded to a multiple of it)."""
     d_model: PositiveInt = 64
+    """Embedding width."""
     num_heads: PositiveInt = 8
+    """Attention heads per layer."""
     num_layers: PositiveInt = 2
+    """Encoder layers."""
     ff_size: PositiveInt = 512
+    """Feed-forward width inside each layer."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Dropout inside each layer."""
+    pool: Literal["mean", "cls"] = "mean"
+    """Sequence pooling: mean over positions, or a learned class token."""
+    vocab_size: PositiveInt | None = None
+    """Token input: vocabulary size; ``None`` for images (patches)."""
+    max_seq_len: PositiveInt = 256
+    """Token input: longest sequence (size of the position table)."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TransformerParams:

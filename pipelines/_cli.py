@@ -10,7 +10,8 @@ from typing import TypeVar
 from rich.console import Console
 from rich.markup import escape
 
-from components.errors import PipelineError
+from components.config import ALL_ARCHITECTURES, Architecture
+from components.errors import ParamsError, PipelineError
 
 T = TypeVar("T")
 
@@ -41,3 +42,10 @@ def run_stage(stage: str, body: Callable[[], T]) -> T:
             f"[bold red]{stage} failed:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
+
+
+def architecture(name: str) -> Architecture:
+    """``--arch`` checked against the known architectures."""
+    if name not in ALL_ARCHITECTURES:
+        raise ParamsError(f"--arch {name!r}: unknown architecture (known: {', '.join(ALL_ARCHITECTURES)})")
+    return name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,24 @@ for key, value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }.items():
     os.environ.setdefault(key, value)
+
+
+# Model sizes small enough that every architecture trains in a second on a CPU.
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "mlp": {"hidden_sizes": [32]},
+    "cnn": {"channels": [8, 16], "dense_size": 16},
+    "lstm": {"hidden_size": 16, "dense_size": 16},
+    "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1, "ff_size": 32},
+}
+
+
+def tiny_params(max_epochs: int = 2, **train: Any) -> dict[str, Any]:
+    """The repository's params with tiny models and a short, single-process training run."""
+    params = default_params()
+    params["train"].update(max_epochs=max_epochs, num_workers=0, **train)
+    for arch, sizes in TINY_MODELS.items():
+        params["models"][arch].update(sizes)
+    return params
 
 
 def default_params() -> dict[str, Any]:
@@ -61,3 +80,36 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return Project(tmp_path)
+
+
+def prepare_digits(root: Path) -> Path:
+    """Ingest and preprocess the embedded digits under ``root/data``; return the prepared folder."""
+    from components.config import DataParams, PreprocessParams
+    from components.data.ingest import ingest
+    from components.data.preprocess import preprocess
+
+    raw, prepared = root / "data" / "raw", root / "data" / "prepared"
+    ingest(DataParams(), raw)
+    preprocess(PreprocessParams(), raw, prepared)
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh SQLite MLflow store for the module, exported as ``MLFLOW_TRACKING_URI``."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def digits_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding the prepared digits (so runs carry a real commit)."""
+    root = tmp_path_factory.mktemp("digits-project")
+    prepare_digits(root)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    for args in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
+    return root

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from components.data.manifest import read_manifest
+from components.data.manifest import MANIFEST, read_manifest
 from components.data.normalize import Normalization
 from components.data.preprocess import STATS
 from components.data.tensorfile import load_arrays
+from components.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,8 @@ def load_prepared(folder: Path | str) -> PreparedData:
         arrays = load_arrays(folder / entry["file"], required=("x", "y", "labels"))
         splits[name] = PreparedSplit(x=arrays["x"], y=arrays["y"], labels=arrays["labels"])
     return PreparedData(splits=splits, stats=Normalization.load(folder / STATS), manifest=manifest)
+
+
+def data_version(folder: Path | str) -> str:
+    """Version of the prepared data: the sha256 of its manifest (which holds every file's sha256)."""
+    return sha256_file(Path(folder) / MANIFEST)

@@ -1,0 +1,1 @@
+"""Evaluation of a trained model on the held-out test split."""

@@ -1,0 +1,125 @@
+"""Evaluate one trained architecture on the test split: the function behind ``evaluate@<arch>``.
+
+Writes into ``reports/<arch>/`` (each file atomically, ``metrics.json`` last):
+
+- ``metrics.json``               accuracy, macro precision/recall/F1, latency, throughput (DVC metrics)
+- ``classification_report.json`` per-class precision/recall/F1/support and the confusion matrix
+- ``confusion_matrix.png``       the confusion matrix as a picture
+- ``predictions.csv``            ``actual,predicted`` per test image (DVC ``confusion`` plot)
+
+and logs the same to the architecture's MLflow run (the one the train stage recorded), with the
+``test_`` prefix on metric names.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from components.config import Architecture, Params
+from components.data.prepared import data_version, load_prepared
+from components.errors import DataValidationError
+from components.evaluation.inference import predict
+from components.evaluation.metrics import classification_metrics, confusion_matrix
+from components.evaluation.plots import confusion_png, predictions_csv
+from components.tracking import Tracker, code_tags, experiment_name, pipeline_key
+from components.training.artifacts import load_trained_model
+
+METRICS = "metrics.json"
+REPORT = "classification_report.json"
+CONFUSION_PNG = "confusion_matrix.png"
+PREDICTIONS = "predictions.csv"
+
+
+def evaluation_device(params: Params) -> torch.device:
+    """The GPU when training may use one and there is one, else the CPU."""
+    if params.train.accelerator != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def evaluate(
+    params: Params,
+    arch: Architecture,
+    prepared_dir: Path | str,
+    model_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    project_root: Path | str = ".",
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` on the test split of ``prepared_dir``; return the summary metrics."""
+    prepared_dir, model_dir, out_dir = Path(prepared_dir), Path(model_dir), Path(out_dir)
+    prepared = load_prepared(prepared_dir)
+    test = prepared.splits.get("test")
+    if test is None or len(test.x) == 0:
+        raise DataValidationError(prepared_dir, "the test split is missing or empty")
+    device = evaluation_device(params)
+    trained = load_trained_model(model_dir, device)
+    version = data_version(prepared_dir)
+    if trained.info.get("data_version") != version:
+        raise DataValidationError(
+            model_dir,
+            f"was trained on data version {trained.info.get('data_version')}, "
+            f"but {prepared_dir} is {version}; re-run train@{arch} first",
+        )
+    if trained.stats.class_names != prepared.stats.class_names:
+        raise DataValidationError(model_dir, "class names differ from the prepared data's")
+
+    x = torch.from_numpy(test.x).to(device)  # (N, C, H, W), normalised
+    result = predict(trained.model, x, params.evaluate.batch_size)
+    class_names = prepared.stats.class_names
+    summary, report = classification_metrics(test.labels, result.classes, class_names)
+    latency = result.latency_ms
+    metrics: dict[str, Any] = {
+        **summary,
+        "test_images": len(test.labels),
+        "batch_size": params.evaluate.batch_size,
+        "latency_ms_per_batch": latency["median"],
+        "latency_ms_per_batch_p95": latency["p95"],
+        "images_per_second": result.images_per_second,
+    }
+    report.update(device=str(device), data_version=version, model_dir=str(model_dir))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = confusion_matrix(test.labels, result.classes, len(class_names))
+    png = confusion_png(matrix, class_names, f"{arch}: test accuracy {summary['accuracy']:.4f}")
+    atomic_write_json(out_dir / REPORT, report)
+    atomic_write_bytes(out_dir / CONFUSION_PNG, png)
+    atomic_write_text(out_dir / PREDICTIONS, predictions_csv(test.labels, result.classes, class_names))
+    atomic_write_json(out_dir / METRICS, metrics)
+    _log_to_mlflow(params, arch, trained.info, metrics, out_dir, project_root, version)
+    return metrics
+
+
+def _log_to_mlflow(
+    params: Params,
+    arch: Architecture,
+    info: dict[str, Any],
+    metrics: dict[str, Any],
+    reports: Path,
+    project_root: Path | str,
+    version: str,
+) -> None:
+    """Add the test metrics and report files to the run that trained the model."""
+    tracker = Tracker.open(experiment_name(params), project_root)
+    mlflow_info = info.get("mlflow") or {}
+    run_id = mlflow_info.get("run_id")
+    parent = mlflow_info.get("parent_run_id")
+    numeric = {f"test_{key}": float(value) for key, value in metrics.items()}
+    if run_id and tracker.run_exists(run_id):
+        context = tracker.reopened(run_id, parent)
+    else:  # trained against another tracking server: record the evaluation on its own
+        code = code_tags(project_root)
+        key = pipeline_key(params, version, code["git.commit"])
+        parent = tracker.parent_run(key, {"data.version": version, **code})
+        tags = {"architecture": arch, "data.version": version, **code}
+        context = tracker.child_run(parent, f"{arch}-evaluate", tags)
+    with context as run, tempfile.TemporaryDirectory() as tmp:
+        run.log_metrics(numeric)
+        for name in (METRICS, REPORT, CONFUSION_PNG, PREDICTIONS):
+            (Path(tmp) / name).write_bytes((reports / name).read_bytes())
+        run.log_artifacts(Path(tmp), "evaluation")

@@ -1,0 +1,65 @@
+"""The four architectures, each a plain ``nn.Module`` with a config dataclass.
+
+:func:`model_config` turns ``params.yaml`` ``models.<arch>`` plus the data's shape into the
+architecture's config; :func:`build_model` turns a config (or its saved dict) into the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from components.config import Architecture, ModelsParams
+from components.models.cnn import CNN, CNNConfig
+from components.models.lstm import LSTMClassifier, LSTMConfig
+from components.models.mlp import MLP, MLPConfig
+from components.models.transformer import TransformerClassifier, TransformerConfig
+
+ModelConfig = MLPConfig | CNNConfig | LSTMConfig | TransformerConfig
+
+REGISTRY: dict[str, tuple[type[Any], type[nn.Module]]] = {
+    "mlp": (MLPConfig, MLP),
+    "cnn": (CNNConfig, CNN),
+    "lstm": (LSTMConfig, LSTMClassifier),
+    "transformer": (TransformerConfig, TransformerClassifier),
+}
+
+
+def model_config(
+    arch: Architecture, models: ModelsParams, input_shape: Sequence[int], num_classes: int
+) -> ModelConfig:
+    """The config of ``arch`` from its ``models.<arch>`` section and the data's shape."""
+    config_cls, _ = REGISTRY[arch]
+    section = getattr(models, arch).model_dump()
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in section.items()}
+    config: ModelConfig = config_cls(input_shape=tuple(input_shape), num_classes=num_classes, **fields)
+    return config
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """JSON-ready form of a config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(arch: str, data: dict[str, Any]) -> ModelConfig:
+    """Inverse of :func:`config_to_dict`."""
+    if arch not in REGISTRY:
+        raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(REGISTRY)})")
+    config_cls, _ = REGISTRY[arch]
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    config: ModelConfig = config_cls(**fields)
+    return config
+
+
+def build_model(arch: str, config: ModelConfig) -> nn.Module:
+    """Instantiate ``arch`` from its config."""
+    _, module_cls = REGISTRY[arch]
+    model: nn.Module = module_cls(config)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

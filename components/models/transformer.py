@@ -1,0 +1,95 @@
+"""``transformer``: patches (or tokens) embedded with learned positions -> encoder -> pool -> logits.
+
+An image (C, H, W) is zero-padded on the right and bottom to a multiple of ``patch_size`` and cut
+into non-overlapping square patches, each projected to ``d_model`` (a strided convolution, as in
+ViT). Token input (``vocab_size`` set) is a (B, T) tensor of ids, embedded instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    input_shape: tuple[int, ...]  # (C, H, W) of one image, or (T,) of one token sequence
+    num_classes: int  # width of the logits
+    patch_size: int = 4  # side of a square image patch
+    d_model: int = 64  # embedding width
+    num_heads: int = 8  # attention heads
+    num_layers: int = 2  # encoder layers
+    ff_size: int = 512  # feed-forward width
+    dropout: float = 0.1  # dropout inside the encoder
+    pool: Literal["mean", "cls"] = "mean"  # mean over positions or a learned class token
+    vocab_size: int | None = None  # token input: vocabulary size; None: image patches
+    max_seq_len: int = 256  # token input: size of the position table
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        """(H, W) after zero-padding to a multiple of ``patch_size``."""
+        _, height, width = self.input_shape
+        p = self.patch_size
+        return math.ceil(height / p) * p, math.ceil(width / p) * p
+
+    @property
+    def num_positions(self) -> int:
+        """Sequence length fed to the encoder, class token excluded."""
+        if self.vocab_size is not None:
+            return self.max_seq_len
+        h, w = self.padded_hw
+        return (h // self.patch_size) * (w // self.patch_size)
+
+
+class TransformerClassifier(nn.Module):
+    """A pre-norm transformer encoder over image patches or tokens."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.vocab_size is not None:
+            self.embed: nn.Module = nn.Embedding(config.vocab_size, config.d_model)
+        else:
+            channels = config.input_shape[0]
+            self.embed = nn.Conv2d(channels, config.d_model, config.patch_size, stride=config.patch_size)
+        extra = 1 if config.pool == "cls" else 0
+        self.positions = nn.Parameter(torch.zeros(1, config.num_positions + extra, config.d_model))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.d_model)) if extra else None
+        nn.init.trunc_normal_(self.positions, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            config.d_model,
+            config.num_heads,
+            dim_feedforward=config.ff_size,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.num_classes)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> (B, T, d_model) embeddings without positions."""
+        if self.config.vocab_size is not None:
+            return self.embed(x)  # (B, T) ids -> (B, T, d_model)
+        height, width = x.shape[-2:]
+        pad_h, pad_w = self.config.padded_hw
+        x = F.pad(x, (0, pad_w - width, 0, pad_h - height))  # (B, C, H', W'), multiples of p
+        patches = self.embed(x)  # (B, d_model, H'/p, W'/p)
+        return patches.flatten(2).transpose(1, 2)  # (B, T, d_model), T = H'W'/p^2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self._tokens(x)  # (B, T, d_model)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, d_model)
+            tokens = torch.cat([cls, tokens], dim=1)  # (B, 1+T, d_model)
+        tokens = tokens + self.positions[:, : tokens.shape[1]]
+        encoded = self.norm(self.encoder(tokens))  # (B, T', d_model)
+        pooled = encoded[:, 0] if self.cls_token is not None else encoded.mean(dim=1)  # (B, d_model)
+        return self.head(pooled)  # (B, num_classes)

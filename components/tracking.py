@@ -1,0 +1,261 @@
+"""MLflow tracking: where runs go, how they nest, and what every run carries.
+
+- Server: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<project>/mlflow.db`` (MLflow 3 no
+  longer accepts a plain file store), with artifacts in ``<project>/mlartifacts``.
+- One experiment per dataset (``mlflow.experiment_name``, default ``data.source``).
+- One parent run per pipeline run and one child run per architecture, so the MLflow UI compares
+  architectures side by side. A flow passes its own parent in ``PIPELINE_PARENT_RUN_ID``; under
+  ``dvc repro`` (one process per stage) the stages find their parent by a key made of the data
+  version, the settings and the git commit, so every stage of one ``dvc repro`` lands under the
+  same parent.
+- A run ends FINISHED when its body succeeds and FAILED when it raises; the parent's status
+  follows its children (FAILED if any failed, RUNNING while any runs).
+- Metrics are logged once per epoch in one asynchronous batch; :meth:`TrackedRun.flush` waits for
+  them before the run is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
+
+from components.atomic import dumps_json
+from components.config import Params
+from components.errors import PipelineError
+from components.hashing import sha256_bytes
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+PARENT_TAG = "mlflow.parentRunId"
+KEY_TAG = "pipeline.key"
+_MAX_BATCH = 100  # MLflow's limit on params per log_batch call
+
+
+class TrackingError(PipelineError):
+    """The tracking server refused or could not be reached."""
+
+
+def tracking_uri(project_root: Path | str = ".") -> str:
+    """``MLFLOW_TRACKING_URI``, else the project's SQLite file."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{(Path(project_root) / DEFAULT_DB).resolve()}"
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/"))
+
+
+def _git(project_root: Path | str, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.strip()
+
+
+def git_commit(project_root: Path | str = ".") -> str:
+    """The checked-out commit, or ``unknown`` outside a git repository."""
+    try:
+        return _git(project_root, "rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def git_dirty(project_root: Path | str = ".") -> bool:
+    """Whether tracked code or settings differ from the commit.
+
+    What the pipeline itself rewrites as it runs (``dvc.lock``, the metrics and plot data under
+    ``reports/``) does not count.
+    """
+    try:
+        changed = _git(
+            project_root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!dvc.lock",
+            ":!reports",
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(changed)
+
+
+def code_tags(project_root: Path | str = ".") -> dict[str, str]:
+    """Tags that pin a run to its code."""
+    commit = git_commit(project_root)
+    return {
+        "git.commit": commit,
+        "mlflow.source.git.commit": commit,
+        "git.dirty": str(git_dirty(project_root)).lower(),
+    }
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"seed": 0}}`` -> ``{"train.seed": "0"}`` (lists as their Python repr)."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def pipeline_key(params: Params, version: str, commit: str) -> str:
+    """Key shared by every stage of one pipeline run ."""
+    settings = params.model_dump(exclude={"train": {"architectures"}, "mlflow": True})
+    return sha256_bytes(dumps_json({"data": version, "commit": commit, "params": settings}).encode())
+
+
+def experiment_name(params: Params) -> str:
+    return params.mlflow.experiment_name or params.data.source
+
+
+@dataclass
+class Tracker:
+    """A client bound to one tracking server and one experiment."""
+
+    client: MlflowClient
+    uri: str
+    experiment_id: str
+
+    @classmethod
+    def open(cls, experiment_name: str, project_root: Path | str = ".") -> Tracker:
+        """Connect and get (or create) ``experiment_name``. Raises :class:`TrackingError`."""
+        uri = tracking_uri(project_root)
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is not None:
+                return cls(client, uri, experiment.experiment_id)
+            location = (Path(project_root) / DEFAULT_ARTIFACTS).resolve().as_uri() if _is_local(uri) else None
+            try:
+                experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+            except MlflowException:  # created by a concurrent stage in the meantime
+                experiment = client.get_experiment_by_name(experiment_name)
+                if experiment is None:
+                    raise
+                experiment_id = experiment.experiment_id
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow tracking server {uri}: {exc.message}") from exc
+        return cls(client, uri, experiment_id)
+
+    def parent_run(self, key: str, tags: Mapping[str, str]) -> str:
+        """The parent run: ``PIPELINE_PARENT_RUN_ID`` if set, else the run tagged with ``key``."""
+        given = os.environ.get(PARENT_ENV, "").strip()
+        if given:
+            return given
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1
+        )
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"pipeline-{key[:8]}", tags={**tags, KEY_TAG: key}
+        )
+        return run.info.run_id
+
+    def run_exists(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
+
+    @contextlib.contextmanager
+    def child_run(
+        self,
+        parent_id: str | None,
+        name: str,
+        tags: Mapping[str, str],
+        resume_run_id: str | None = None,
+    ) -> Iterator[TrackedRun]:
+        """A run under ``parent_id`` (new, or ``resume_run_id`` reopened) that ends FINISHED or FAILED."""
+        if resume_run_id and self.run_exists(resume_run_id):
+            run_id = resume_run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {})}
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+        with self.reopened(run_id, parent_id) as run:
+            yield run
+
+    @contextlib.contextmanager
+    def reopened(self, run_id: str, parent_id: str | None = None) -> Iterator[TrackedRun]:
+        """Log more to an existing run; it ends FINISHED, or FAILED if the body raises."""
+        run = TrackedRun(self.client, run_id)
+        status = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            yield run
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        finally:
+            with contextlib.suppress(MlflowException):
+                run.flush()
+            self.client.set_terminated(run_id, status)
+            if parent_id:
+                self._settle_parent(parent_id)
+
+    def _settle_parent(self, parent_id: str) -> None:
+        """Parent status from its children: RUNNING while any runs, FAILED if any failed."""
+        children = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=1000
+        )
+        statuses = {child.info.status for child in children}
+        if "RUNNING" in statuses:
+            self.client.update_run(parent_id, status="RUNNING")
+        else:
+            self.client.set_terminated(parent_id, "FAILED" if "FAILED" in statuses else "FINISHED")
+
+
+@dataclass
+class TrackedRun:
+    """One open run; metric batches are sent asynchronously and awaited in :meth:`flush`."""
+
+    client: MlflowClient
+    run_id: str
+    _pending: list[RunOperations] = field(default_factory=list)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(items), _MAX_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + _MAX_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Queue one batch of metrics at ``step``; returns without waiting for the server."""
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if operation is not None:
+            self._pending.append(operation)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def flush(self) -> None:
+        """Wait until every queued metric batch reached the server."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.wait()

@@ -1,0 +1,1 @@
+"""Training: the shared LightningModule, batches, Trainer and the train stage function."""

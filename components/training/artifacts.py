@@ -1,0 +1,107 @@
+"""The train stage's output folder ``models/<arch>/`` and its reader.
+
+Contents (the contract with evaluation and registration):
+
+- ``weights.safetensors``  the network's ``state_dict`` (tensors only: nothing executable to load)
+- ``model.json``           architecture name and its config dataclass, enough to rebuild the network
+- ``stats.json``           the normalisation and class names of the data it was trained on
+- ``train_info.json``      epochs, steps, timings, sizes, data version, MLflow run, per-epoch history
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from components.atomic import dumps_json
+from components.data.normalize import Normalization
+from components.errors import DataValidationError
+from components.models import ModelConfig, build_model, config_from_dict, config_to_dict
+
+WEIGHTS = "weights.safetensors"
+MODEL_CARD = "model.json"
+STATS = "stats.json"
+TRAIN_INFO = "train_info.json"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained network (in eval mode) with what is needed to feed it and read it."""
+
+    architecture: str
+    config: ModelConfig
+    model: nn.Module
+    stats: Normalization
+    info: dict[str, Any]
+    folder: Path
+
+
+def write_model_folder(
+    folder: Path,
+    architecture: str,
+    config: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    stats: Normalization,
+    info: dict[str, Any],
+) -> None:
+    """Write the four files into ``folder`` (a temporary folder that is then renamed into place)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS))
+    card = {"architecture": architecture, "config": config_to_dict(config)}
+    (folder / MODEL_CARD).write_text(dumps_json(card), encoding="utf-8")
+    (folder / STATS).write_text(stats.to_json(), encoding="utf-8")
+    (folder / TRAIN_INFO).write_text(dumps_json(info), encoding="utf-8")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataValidationError(path, "missing (run the train stage first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataValidationError(path, "is not valid JSON", str(exc)) from None
+    if not isinstance(data, dict):
+        raise DataValidationError(path, "must hold a JSON object")
+    return data
+
+
+def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the network from ``folder`` and load its weights; errors name the file and the rule."""
+    folder = Path(folder)
+    card = _read_json(folder / MODEL_CARD)
+    try:
+        architecture = str(card["architecture"])
+        config = config_from_dict(architecture, card["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataValidationError(
+            folder / MODEL_CARD, "must name a known architecture and its config", str(exc)
+        ) from None
+    try:
+        stats = Normalization.from_dict(_read_json(folder / STATS))
+    except TypeError as exc:
+        raise DataValidationError(
+            folder / STATS, "must hold the normalisation written by preprocess", str(exc)
+        ) from None
+    info = _read_json(folder / TRAIN_INFO)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise DataValidationError(weights, "missing (run the train stage first)")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise DataValidationError(weights, "is not a readable safetensors file", str(exc)) from None
+    model = build_model(architecture, config).to(device)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataValidationError(
+            weights, f"tensors do not fit the {architecture} in {MODEL_CARD}", str(exc)
+        ) from None
+    model.eval()
+    return TrainedModel(architecture, config, model, stats, info, folder)

@@ -1,0 +1,65 @@
+"""Lightning callbacks of the train stage: epoch history (to MLflow) and quiet progress lines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+
+EPOCH_METRICS = ("train_loss", "train_acc", "train_f1_macro", "val_loss", "val_acc", "val_f1_macro")
+
+EpochSink = Callable[[dict[str, float], int], None]
+
+
+class EpochHistory(Callback):
+    """Collects the epoch-level metrics once per epoch and hands them to ``sink`` (MLflow).
+
+    Reading ``callback_metrics`` is the one host sync per epoch. The history is part of the
+    checkpoint (``state_dict``), so a resumed run still reports every epoch.
+    """
+
+    def __init__(self, sink: EpochSink | None = None) -> None:
+        self.sink = sink
+        self.history: list[dict[str, float]] = []
+        self.start_step = 0  # global step training (re)started at: > 0 after a resume
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row = {key: float(metrics[key]) for key in EPOCH_METRICS if key in metrics}
+        epoch = trainer.current_epoch
+        self.history.append({"epoch": epoch, "step": trainer.global_step, **row})
+        if self.sink is not None and trainer.is_global_zero:
+            self.sink(row, epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class EpochLines(Callback):
+    """One plain line per epoch, for logs that are not a terminal (CI, DVC, Prefect workers)."""
+
+    def __init__(self, label: str, console: Console) -> None:
+        self.label = label
+        self.console = console
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        shown = "  ".join(f"{key} {float(metrics[key]):.4f}" for key in EPOCH_METRICS if key in metrics)
+        self.console.print(
+            f"{self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {shown}",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -1,0 +1,55 @@
+"""The prepared splits as a ``LightningDataModule``, in memory on the device or streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from components.config import TrainParams
+from components.training.batches import Batch, TensorBatches, streaming_loader
+
+Loader = TensorBatches | DataLoader[tuple[torch.Tensor, ...]]
+
+
+class ClassificationData(L.LightningDataModule):
+    """Train and validation splits (normalised images, one-hot targets).
+
+    With ``train.in_memory`` the tensors are moved once, in :meth:`setup`, to the device Lightning
+    chose, and every batch is gathered there; otherwise a ``DataLoader`` with workers streams them.
+    """
+
+    def __init__(
+        self,
+        train: tuple[np.ndarray, np.ndarray],
+        val: tuple[np.ndarray, np.ndarray],
+        params: TrainParams,
+        eval_batch_size: int,
+    ) -> None:
+        super().__init__()
+        self._arrays = {"train": train, "val": val}
+        self.params = params
+        self.eval_batch_size = eval_batch_size
+        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer and self.params.in_memory else None
+        for name, (x, y) in self._arrays.items():
+            xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # (N, C, H, W), (N, K)
+            self._tensors[name] = (xt.to(device), yt.to(device)) if device else (xt, yt)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> Loader:
+        x, y = self._tensors[name]
+        seed = self.params.seed
+        if self.params.in_memory:
+            return TensorBatches(x, y, batch_size, seed=seed, shuffle=shuffle)
+        return streaming_loader(x, y, batch_size, seed, shuffle, self.params.num_workers)
+
+    def train_dataloader(self) -> Iterable[Batch]:
+        return self._loader("train", self.params.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> Iterable[Batch]:
+        return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,208 @@
+"""Train one architecture on the prepared data: the function behind ``train@<arch>`` (and the flow).
+
+Resumable: checkpoints go to ``<work_root>/train/<arch>-<fingerprint>/`` (the fingerprint covers the
+data version, the architecture and every setting that changes the result), outside DVC's outputs
+because DVC deletes a stage's outputs before re-running it. A run killed part-way and started again
+with the same data and settings continues from the last checkpoint (mid-epoch included) and reopens
+the same MLflow run. The work folder is removed once the output folder is in place.
+
+Output: ``models/<arch>/`` (see :mod:`components.training.artifacts`), written atomically; the
+weights are those of the epoch with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+
+from components.atomic import atomic_directory, atomic_write_json, dumps_json
+from components.config import Architecture, Params
+from components.data.prepared import data_version, load_prepared
+from components.errors import DataValidationError
+from components.hashing import sha256_bytes
+from components.models import build_model, config_to_dict, count_parameters, model_config
+from components.tracking import Tracker, code_tags, experiment_name, flatten, pipeline_key
+from components.training.artifacts import WEIGHTS, write_model_folder
+from components.training.callbacks import EpochHistory, EpochLines
+from components.training.data import ClassificationData
+from components.training.module import Classifier
+from components.training.trainer import build_trainer, checkpoint_callbacks
+
+RUN_FILE = "mlflow_run.json"
+# Settings that change how fast training runs but not what it computes.
+_SPEED_ONLY = {"architectures", "num_workers", "in_memory", "checkpoint_every_n_steps"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    run_id: str
+    info: dict[str, Any]
+
+
+def fingerprint(params: Params, arch: Architecture, version: str) -> str:
+    """Key of a training run: data version, architecture and the settings that shape the weights."""
+    payload = {
+        "data_version": version,
+        "architecture": arch,
+        "train": params.train.model_dump(exclude=_SPEED_ONLY),
+        "model": getattr(params.models, arch).model_dump(),
+    }
+    return sha256_bytes(dumps_json(payload).encode())
+
+
+def run_params(params: Params, arch: Architecture) -> dict[str, str]:
+    """Every setting that applies to ``arch``'s run, flattened for MLflow."""
+    return flatten(
+        {
+            "data": params.data.model_dump(),
+            "preprocess": params.preprocess.model_dump(),
+            "train": params.train.model_dump(),
+            "models": {arch: getattr(params.models, arch).model_dump()},
+            "evaluate": params.evaluate.model_dump(),
+        }
+    )
+
+
+def _best_weights(best_path: str, module: Classifier) -> dict[str, torch.Tensor]:
+    """The network's weights from ``best.ckpt`` (loaded tensors-only), else the current ones."""
+    if not best_path or not Path(best_path).is_file():
+        return module.model.state_dict()
+    checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
+    prefix = "model."
+    return {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def _previous_run_id(work_dir: Path) -> str | None:
+    try:
+        return str(json.loads((work_dir / RUN_FILE).read_text(encoding="utf-8"))["run_id"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def train(
+    params: Params,
+    arch: Architecture,
+    prepared_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    work_root: Path | str = ".work",
+    project_root: Path | str = ".",
+    tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train ``arch``, write ``out_dir`` atomically, record the run in MLflow; return what was made."""
+    prepared_dir, out_dir, project_root = Path(prepared_dir), Path(out_dir), Path(project_root)
+    prepared = load_prepared(prepared_dir)
+    for split in ("train", "val"):
+        if split not in prepared.splits or len(prepared.splits[split].x) == 0:
+            raise DataValidationError(prepared_dir, f"the {split} split is missing or empty")
+    version = data_version(prepared_dir)
+    stats = prepared.stats
+    num_classes = len(stats.class_names)
+    config = model_config(arch, params.models, stats.image_shape, num_classes)
+    key = fingerprint(params, arch, version)
+    work_dir = Path(work_root) / "train" / f"{arch}-{key[:16]}"
+    checkpoint_dir = work_dir / "checkpoints"
+    resume_from = checkpoint_dir / "last.ckpt"
+
+    L.seed_everything(params.train.seed, workers=True, verbose=False)
+    network = build_model(arch, config)
+    module = Classifier(network, num_classes, params.train.learning_rate, params.train.weight_decay)
+    train_split, val_split = prepared.splits["train"], prepared.splits["val"]
+    data = ClassificationData(
+        (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
+    )
+
+    interactive = sys.stderr.isatty()
+    history = EpochHistory()
+    resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps)
+    every: list[Callback] = [history, resume_cb, best_cb, *callbacks]
+    if not interactive:
+        every.append(EpochLines(arch, Console(stderr=True)))
+    trainer = build_trainer(params.train, work_dir, every, interactive)
+
+    code = code_tags(project_root)
+    commit = code["git.commit"]
+    run_tags = {
+        "architecture": arch,
+        "data.source": params.data.source,
+        "data.version": version,
+        **code,
+        "train.fingerprint": key,
+        **(tags or {}),
+    }
+    tracker = Tracker.open(experiment_name(params), project_root)
+    parent = tracker.parent_run(
+        pipeline_key(params, version, commit), {k: run_tags[k] for k in run_tags if k != "architecture"}
+    )
+    with tracker.child_run(parent, arch, run_tags, resume_run_id=_previous_run_id(work_dir)) as run:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work_dir / RUN_FILE, {"run_id": run.run_id})
+        run.log_params(run_params(params, arch))
+        history.sink = run.log_metrics
+
+        started = time.perf_counter()
+        trainer.fit(
+            module,
+            datamodule=data,
+            ckpt_path=resume_from if resume_from.is_file() else None,
+            weights_only=True,
+        )
+        fit_seconds = time.perf_counter() - started
+        if trainer.interrupted:
+            raise KeyboardInterrupt(f"training {arch} was interrupted")
+
+        weights = _best_weights(best_cb.best_model_path, module)
+        steps_here = trainer.global_step - history.start_step
+        info: dict[str, Any] = {
+            "architecture": arch,
+            "model_config": config_to_dict(config),
+            "parameters": count_parameters(network),
+            "epochs": trainer.current_epoch,
+            "max_epochs": params.train.max_epochs,
+            "stopped_early": trainer.current_epoch < params.train.max_epochs,
+            "global_steps": trainer.global_step,
+            "resumed_from_step": history.start_step or None,
+            "best_val_loss": float(best_cb.best_model_score)
+            if best_cb.best_model_score is not None
+            else None,
+            "fit_seconds": round(fit_seconds, 3),
+            "train_images_per_second": round(steps_here * params.train.batch_size / fit_seconds, 1)
+            if steps_here
+            else None,
+            "device": str(trainer.strategy.root_device),
+            "precision": params.train.precision,
+            "seed": params.train.seed,
+            "data_version": version,
+            "fingerprint": key,
+            "git_commit": commit,
+            "mlflow": {
+                "tracking_uri": tracker.uri,
+                "experiment_id": tracker.experiment_id,
+                "run_id": run.run_id,
+                "parent_run_id": parent,
+            },
+            "history": history.history,
+        }
+        with atomic_directory(out_dir) as tmp:
+            write_model_folder(tmp, arch, config, weights, stats, info)
+        size = {
+            "model_parameters": float(info["parameters"]),
+            "model_bytes": float((out_dir / WEIGHTS).stat().st_size),
+        }
+        run.log_metrics(size)
+        run.log_artifacts(out_dir, "model_files")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return TrainResult(out_dir, run.run_id, info)

@@ -1,0 +1,43 @@
+"""DVC stage ``train@<arch>``: train one architecture on ``data/prepared`` into ``models/<arch>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from components.config import ALL_ARCHITECTURES, load_params
+from components.training.train import train
+from pipelines._cli import architecture, console, run_stage
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    arch: Annotated[str, typer.Option(help=f"Architecture: {', '.join(ALL_ARCHITECTURES)}.")],
+    params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
+    prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: models/<arch>].")] = None,
+    work: Annotated[Path, typer.Option(help="Folder for resumable checkpoints.")] = Path(".work"),
+) -> None:
+    """Validate the settings, train ``arch``, write its model folder and log the run to MLflow."""
+
+    def body() -> None:
+        settings = load_params(params)
+        chosen = architecture(arch)
+        result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work)
+        info = result.info
+        console.print(
+            f"train@{arch}: {info['epochs']} epochs, {info['global_steps']} steps "
+            f"in {info['fit_seconds']:.1f} s, best val loss {info['best_val_loss']:.4f} "
+            f"-> {result.model_dir} (MLflow run {result.run_id})",
+            highlight=False,
+        )
+
+    run_stage(f"train@{arch}", body)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,109 @@
+"""Evaluation: metrics against hand-computed values, the report files, refusals of bad model folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.config import validate_params
+from components.errors import DataValidationError
+from components.evaluation.evaluate import evaluate
+from components.evaluation.metrics import classification_metrics, confusion_matrix
+from components.training.train import train
+from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.usefixtures("tracking_uri")
+
+
+def test_metrics_match_a_hand_computed_confusion_matrix() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    preds = np.array([0, 0, 1, 1, 1, 2, 2, 0, 0])
+    # rows true, columns predicted; class 3 exists but is never seen nor predicted
+    expected = np.array([[2, 1, 0, 0], [0, 2, 0, 0], [2, 0, 2, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(confusion_matrix(labels, preds, 4), expected)
+
+    summary, report = classification_metrics(labels, preds, ["a", "b", "c", "d"])
+    # precision = diagonal / column sum, recall = diagonal / row sum, 0 where the sum is 0
+    precision = [2 / 4, 2 / 3, 2 / 2, 0.0]
+    recall = [2 / 3, 2 / 2, 2 / 4, 0.0]
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall, strict=True)]
+    assert summary["accuracy"] == pytest.approx(6 / 9)
+    assert summary["precision_macro"] == pytest.approx(sum(precision) / 4)
+    assert summary["recall_macro"] == pytest.approx(sum(recall) / 4)
+    assert summary["f1_macro"] == pytest.approx(sum(f1) / 4)
+    assert report["per_class"]["c"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 4}
+    )
+    assert report["confusion_matrix"] == expected.tolist()
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits_project: Path) -> Path:
+    params = validate_params(tiny_params(max_epochs=2))
+    out = digits_project / "models" / "eval-mlp"
+    train(
+        params,
+        "mlp",
+        digits_project / "data" / "prepared",
+        out,
+        work_root=digits_project / ".work",
+        project_root=digits_project,
+    )
+    return out
+
+
+def _evaluate(project: Path, model: Path, out: Path) -> dict[str, float]:
+    params = validate_params(tiny_params(max_epochs=2))
+    return evaluate(params, "mlp", project / "data" / "prepared", model, out, project_root=project)
+
+
+def test_evaluation_writes_consistent_metrics_report_plot_data_and_picture(
+    digits_project: Path, trained_mlp: Path, tmp_path: Path
+) -> None:
+    metrics = _evaluate(digits_project, trained_mlp, tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "classification_report.json").read_text())
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum() == metrics["test_images"] == 270
+    assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert sum(c["support"] for c in report["per_class"].values()) == 270
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert metrics["images_per_second"] > 0
+    assert metrics["latency_ms_per_batch"] > 0
+
+    with (tmp_path / "report" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 270
+    hits = sum(row["actual"] == row["predicted"] for row in rows)
+    assert hits == np.trace(matrix)
+    assert (tmp_path / "report" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_model_trained_on_other_data_is_refused(
+    digits_project: Path, trained_mlp: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(trained_mlp, model)
+    info = json.loads((model / "train_info.json").read_text())
+    info["data_version"] = "0" * 64
+    (model / "train_info.json").write_text(json.dumps(info))
+    with pytest.raises(DataValidationError, match=r"trained on data version 0+.*re-run train@mlp"):
+        _evaluate(digits_project, model, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_corrupt_weights_name_the_file_and_keep_the_previous_report(
+    digits_project: Path, trained_mlp: Path, tmp_path: Path
+) -> None:
+    _evaluate(digits_project, trained_mlp, tmp_path / "report")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    model = tmp_path / "model"
+    shutil.copytree(trained_mlp, model)
+    (model / "weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataValidationError, match=r"weights\.safetensors.*not a readable safetensors file"):
+        _evaluate(digits_project, model, tmp_path / "report")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before

@@ -1,0 +1,91 @@
+"""The four architectures: output shapes on 8x8 and 28x28 images (and tokens), and each one's
+ability to fit 64 samples exactly through the shared LightningModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.config import ALL_ARCHITECTURES, Architecture, DataParams, ModelsParams
+from components.data.sources.digits import load_digits
+from components.models import build_model, config_from_dict, config_to_dict, count_parameters, model_config
+from components.models.cnn import CNNConfig
+from components.training.batches import TensorBatches
+from components.training.module import Classifier
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_output_is_one_logit_row_per_image(arch: Architecture, shape: tuple[int, int, int]) -> None:
+    config = model_config(arch, ModelsParams(), shape, num_classes=10)
+    model = build_model(arch, config)
+    logits = model(torch.randn(5, *shape))
+    assert logits.shape == (5, 10)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_sequence_models_take_token_ids_when_a_vocabulary_is_set(arch: Architecture) -> None:
+    models = ModelsParams.model_validate({arch: {"vocab_size": 50}})
+    config = model_config(arch, models, (12,), num_classes=3)
+    model = build_model(arch, config)
+    tokens = torch.randint(0, 50, (4, 12))  # (B, T)
+    assert model(tokens).shape == (4, 3)
+
+
+def test_cnn_padding_follows_the_image_size() -> None:
+    # 28x28 keeps the classic valid convolutions (28 -> 26 -> 13 -> 11 -> 5) ...
+    large = CNNConfig(input_shape=(1, 28, 28), num_classes=10)
+    assert (large.padding, large.feature_shape) == (0, (64, 5, 5))
+    # ... 8x8 would vanish without padding, so it gets "same" convolutions (8 -> 4 -> 2).
+    small = CNNConfig(input_shape=(1, 8, 8), num_classes=10)
+    assert (small.padding, small.feature_shape) == (1, (64, 2, 2))
+    with pytest.raises(ValueError, match="too small"):
+        _ = CNNConfig(input_shape=(1, 4, 4), num_classes=10, channels=(8, 8, 8)).feature_shape
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
+def test_config_round_trips_through_json_form(arch: Architecture) -> None:
+    config = model_config(arch, ModelsParams(), (1, 28, 28), num_classes=10)
+    again = config_from_dict(arch, config_to_dict(config))
+    assert again == config
+    assert count_parameters(build_model(arch, again)) == count_parameters(build_model(arch, config))
+
+
+def _digits(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    split = load_digits(DataParams(), Path()).splits["all"]
+    x = torch.from_numpy(split.images[:n].astype(np.float32) / 16.0)  # (n, 1, 8, 8)
+    labels = torch.from_numpy(split.labels[:n].astype(np.int64))
+    return x, F.one_hot(labels, 10).float(), labels
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
+def test_each_architecture_overfits_64_samples(arch: Architecture) -> None:
+    """Loss falls and training accuracy reaches 100%: the model, the loss on one-hot targets and
+    the optimiser are wired correctly."""
+    L.seed_everything(0, verbose=False)
+    x, y, labels = _digits(64)
+    models = ModelsParams.model_validate({"transformer": {"dropout": 0.0}})
+    network = build_model(arch, model_config(arch, models, (1, 8, 8), num_classes=10))
+    module = Classifier(network, num_classes=10, learning_rate=3e-3, weight_decay=0.0)
+    with torch.no_grad():
+        loss_before = F.cross_entropy(module(x), y).item()
+    trainer = L.Trainer(
+        max_steps=300,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=TensorBatches(x, y, batch_size=32, seed=0, shuffle=True))
+    module.eval()
+    with torch.no_grad():
+        logits = module(x)
+    assert F.cross_entropy(logits, y).item() < loss_before / 10
+    assert (logits.argmax(dim=1) == labels).float().mean().item() == 1.0

@@ -1,0 +1,116 @@
+"""The train stage function: outputs, best-epoch weights, resume after a crash, both batch paths."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from components.config import Params, validate_params
+from components.data.prepared import load_prepared
+from components.errors import DataValidationError
+from components.training.artifacts import MODEL_CARD, STATS, TRAIN_INFO, WEIGHTS, load_trained_model
+from components.training.train import train
+from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.usefixtures("tracking_uri")
+
+STEPS_PER_EPOCH = math.ceil(1257 / 128)  # digits train split at the default batch size
+
+
+class CrashAt(Callback):
+    """Raises before optimizer step ``step`` runs, like a process killed right after a checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+def _params(**train: Any) -> Params:
+    return validate_params(tiny_params(**train))
+
+
+def _run(project: Path, out: str, params: Params, arch: str = "mlp", **kwargs: Any) -> Any:
+    return train(
+        params,
+        arch,  # type: ignore[arg-type]
+        project / "data" / "prepared",
+        project / out,
+        work_root=project / ".work",
+        project_root=project,
+        **kwargs,
+    )
+
+
+def test_train_writes_the_best_epoch_model_and_removes_its_checkpoints(digits_project: Path) -> None:
+    result = _run(digits_project, "models/mlp", _params(max_epochs=3, early_stopping_patience=0))
+    folder = digits_project / "models" / "mlp"
+    assert {p.name for p in folder.iterdir()} == {WEIGHTS, MODEL_CARD, STATS, TRAIN_INFO}
+    info = result.info
+    assert (info["epochs"], info["global_steps"], len(info["history"])) == (3, 3 * STEPS_PER_EPOCH, 3)
+    assert info["best_val_loss"] == pytest.approx(min(row["val_loss"] for row in info["history"]))
+    assert not list((digits_project / ".work").glob("train/*")), "work folder left behind"
+
+    # The saved weights are the best epoch's: their validation loss is the best one recorded.
+    trained = load_trained_model(folder)
+    val = load_prepared(digits_project / "data" / "prepared").splits["val"]
+    with torch.no_grad():
+        loss = F.cross_entropy(trained.model(torch.from_numpy(val.x)), torch.from_numpy(val.y)).item()
+    assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
+
+
+def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(digits_project: Path) -> None:
+    params = _params(max_epochs=3, checkpoint_every_n_steps=3, early_stopping_patience=0)
+    whole = _run(digits_project, "models/whole", params)
+
+    crash_step = 12  # mid-epoch 2; the last checkpoint before it is at step 12
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(digits_project, "models/resumed", params, callbacks=[CrashAt(crash_step)])
+    assert not (digits_project / "models" / "resumed").exists()
+    (checkpoint,) = (digits_project / ".work" / "train").glob("mlp-*/checkpoints/last.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain types only
+    assert saved["global_step"] == crash_step
+    client = MlflowClient()
+    crashed_runs = client.search_runs(
+        [whole.info["mlflow"]["experiment_id"]],
+        filter_string="attributes.status = 'FAILED' and tags.architecture = 'mlp'",
+    )
+    assert len(crashed_runs) == 1
+
+    resumed = _run(digits_project, "models/resumed", params)
+    assert resumed.info["resumed_from_step"] == crash_step
+    assert resumed.info["global_steps"] == whole.info["global_steps"] == 3 * STEPS_PER_EPOCH
+    assert len(resumed.info["history"]) == 3
+    # Same MLflow run, reopened and now finished.
+    assert resumed.run_id == crashed_runs[0].info.run_id
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    # Same batches in the same order from the same state: the same weights as the uninterrupted run.
+    weights_whole = load_file(str(digits_project / "models/whole" / WEIGHTS))
+    weights_resumed = load_file(str(digits_project / "models/resumed" / WEIGHTS))
+    for name, tensor in weights_whole.items():
+        torch.testing.assert_close(weights_resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_in_memory_batches_and_the_dataloader_train_identically(digits_project: Path) -> None:
+    memory = _run(digits_project, "models/memory", _params(max_epochs=2, in_memory=True))
+    loader = _run(digits_project, "models/loader", _params(max_epochs=2, in_memory=False))
+    for a, b in zip(memory.info["history"], loader.info["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_training_without_prepared_data_names_the_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match=r"manifest\.json.*run the preprocess stage"):
+        _run(tmp_path, "models/mlp", _params())
+    assert not (tmp_path / "models").exists()
