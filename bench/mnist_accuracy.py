@@ -38,10 +38,14 @@ COMMON: dict[str, Any] = {
     "train.batch_size": 64,
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    "mlp": {"models.mlp.dropout": 0.2},
+    "mlp": {"models.mlp.dropout": 0.5},
     "cnn": {"models.cnn.dense_size": 128, "models.cnn.dropout": 0.25},
-    "lstm": {"models.lstm.hidden_size": 64, "train.learning_rate": 0.002},
-    "transformer": {"train.learning_rate": 0.001},
+    "lstm": {"models.lstm.num_layers": 2, "train.learning_rate": 0.002},
+    "transformer": {
+        "models.transformer.patch_size": 7,
+        "models.transformer.dropout": 0.2,
+        "train.weight_decay": 0.0001,
+    },
 }
 
 app = typer.Typer(add_completion=False, help=__doc__)
