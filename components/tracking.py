@@ -191,13 +191,15 @@ class Tracker:
         resume_run_id: str | None = None,
     ) -> Iterator[TrackedRun]:
         """A run under ``parent_id`` (new, or ``resume_run_id`` reopened) that ends FINISHED or FAILED."""
-        if resume_run_id and self.run_exists(resume_run_id):
+        resumed = bool(resume_run_id and self.run_exists(resume_run_id))
+        if resume_run_id and resumed:
             run_id = resume_run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
             all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {})}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
         with self.reopened(run_id, parent_id) as run:
+            run.resumed = resumed
             yield run
 
     @contextlib.contextmanager
@@ -233,10 +235,15 @@ class TrackedRun:
 
     client: MlflowClient
     run_id: str
+    resumed: bool = False
+    """Reopened after a crash: params logged at its start keep their first value."""
     _pending: list[RunOperations] = field(default_factory=list)
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        items = [Param(key, value) for key, value in params.items()]
+        """Log ``params``; on a resumed run only those not logged yet (MLflow params are write-once,
+        and a resume may differ only in speed settings such as ``train.num_workers``)."""
+        logged = self.client.get_run(self.run_id).data.params if self.resumed else {}
+        items = [Param(key, value) for key, value in params.items() if key not in logged]
         for start in range(0, len(items), _MAX_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + _MAX_BATCH])
 

@@ -70,25 +70,34 @@ def test_train_writes_the_best_epoch_model_and_removes_its_checkpoints(digits_pr
     assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
 
 
-def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(digits_project: Path) -> None:
-    params = _params(max_epochs=3, checkpoint_every_n_steps=3, early_stopping_patience=0)
-    whole = _run(digits_project, "models/whole", params)
+@pytest.mark.parametrize("in_memory", [True, False], ids=["device-batches", "dataloader"])
+def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(
+    digits_project: Path, in_memory: bool
+) -> None:
+    params = _params(max_epochs=3, checkpoint_every_n_steps=3, early_stopping_patience=0, in_memory=in_memory)
+    out = f"models/{'memory' if in_memory else 'loader'}"
+    whole = _run(digits_project, f"{out}-whole", params)
 
     crash_step = 12  # mid-epoch 2; the last checkpoint before it is at step 12
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _run(digits_project, "models/resumed", params, callbacks=[CrashAt(crash_step)])
-    assert not (digits_project / "models" / "resumed").exists()
+        _run(digits_project, f"{out}-resumed", params, callbacks=[CrashAt(crash_step)])
+    assert not (digits_project / f"{out}-resumed").exists()
     (checkpoint,) = (digits_project / ".work" / "train").glob("mlp-*/checkpoints/last.ckpt")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain types only
     assert saved["global_step"] == crash_step
     client = MlflowClient()
     crashed_runs = client.search_runs(
         [whole.info["mlflow"]["experiment_id"]],
-        filter_string="attributes.status = 'FAILED' and tags.architecture = 'mlp'",
+        filter_string=f"attributes.status = 'FAILED' and tags.architecture = 'mlp'"
+        f" and tags.`train.fingerprint` = '{whole.info['fingerprint']}'",
     )
     assert len(crashed_runs) == 1
 
-    resumed = _run(digits_project, "models/resumed", params)
+    # Resume on the other batch path: same order, so the same result (and the run's params stay).
+    other_path = _params(
+        max_epochs=3, checkpoint_every_n_steps=3, early_stopping_patience=0, in_memory=not in_memory
+    )
+    resumed = _run(digits_project, f"{out}-resumed", other_path)
     assert resumed.info["resumed_from_step"] == crash_step
     assert resumed.info["global_steps"] == whole.info["global_steps"] == 3 * STEPS_PER_EPOCH
     assert len(resumed.info["history"]) == 3
@@ -96,8 +105,8 @@ def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(digi
     assert resumed.run_id == crashed_runs[0].info.run_id
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
     # Same batches in the same order from the same state: the same weights as the uninterrupted run.
-    weights_whole = load_file(str(digits_project / "models/whole" / WEIGHTS))
-    weights_resumed = load_file(str(digits_project / "models/resumed" / WEIGHTS))
+    weights_whole = load_file(str(digits_project / f"{out}-whole" / WEIGHTS))
+    weights_resumed = load_file(str(digits_project / f"{out}-resumed" / WEIGHTS))
     for name, tensor in weights_whole.items():
         torch.testing.assert_close(weights_resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 

@@ -144,8 +144,9 @@ def train(
         **(tags or {}),
     }
     tracker = Tracker.open(experiment_name(params), project_root)
+    run_level = {"architecture", "train.fingerprint"}
     parent = tracker.parent_run(
-        pipeline_key(params, version, commit), {k: run_tags[k] for k in run_tags if k != "architecture"}
+        pipeline_key(params, version, commit), {k: v for k, v in run_tags.items() if k not in run_level}
     )
     with tracker.child_run(parent, arch, run_tags, resume_run_id=_previous_run_id(work_dir)) as run:
         work_dir.mkdir(parents=True, exist_ok=True)
