@@ -33,6 +33,7 @@ def main(
             f"evaluate@{chosen}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}, "
             f"{metrics['images_per_second']:,.0f} images/s -> {report_dir}",
             highlight=False,
+            soft_wrap=True,
         )
 
     run_stage(f"evaluate@{arch}", body)

@@ -34,6 +34,7 @@ def main(
             f"in {info['fit_seconds']:.1f} s, best val loss {info['best_val_loss']:.4f} "
             f"-> {result.model_dir} (MLflow run {result.run_id})",
             highlight=False,
+            soft_wrap=True,
         )
 
     run_stage(f"train@{arch}", body)

@@ -83,7 +83,11 @@ def test_each_architecture_overfits_64_samples(arch: Architecture) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, train_dataloaders=TensorBatches(x, y, batch_size=32, seed=0, shuffle=True))
+    trainer.fit(
+        module,
+        train_dataloaders=TensorBatches(x, y, batch_size=32, seed=0, shuffle=True),
+        val_dataloaders=TensorBatches(x, y, batch_size=64, seed=0, shuffle=False),
+    )
     module.eval()
     with torch.no_grad():
         logits = module(x)

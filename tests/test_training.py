@@ -19,7 +19,7 @@ from components.data.prepared import load_prepared
 from components.errors import DataValidationError
 from components.training.artifacts import MODEL_CARD, STATS, TRAIN_INFO, WEIGHTS, load_trained_model
 from components.training.train import train
-from tests.conftest import tiny_params
+from tests.conftest import Project, default_params, tiny_params
 
 pytestmark = pytest.mark.usefixtures("tracking_uri")
 
@@ -123,3 +123,13 @@ def test_training_without_prepared_data_names_the_missing_manifest(tmp_path: Pat
     with pytest.raises(DataValidationError, match=r"manifest\.json.*run the preprocess stage"):
         _run(tmp_path, "models/mlp", _params())
     assert not (tmp_path / "models").exists()
+
+
+def test_train_cli_refuses_bad_settings_before_any_side_effect(project: Project) -> None:
+    project.write_params(models={**default_params()["models"], "cnn": {"channels": []}})
+    result = project.run("train", "--arch", "cnn")
+    assert result.returncode == 2, result.stderr
+    assert "models.cnn.channels" in result.stderr
+    assert not (project.root / "models").exists()
+    assert not (project.root / "mlflow.db").exists()
+    assert not (project.root / ".work").exists()
