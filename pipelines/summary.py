@@ -32,9 +32,8 @@ def main(
         console.print(prepared_table(prepared))
         console.print(results_table(settings.train.architectures, models, reports))
         uri = tracking_uri(params.parent)
-        console.print(
-            f"Browse the runs:  uv run mlflow ui --backend-store-uri {uri}", highlight=False, soft_wrap=True
-        )
+        hint = f"uv run mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
+        console.print(f"Browse the runs: {hint}", highlight=False, soft_wrap=True)
 
     run_stage("summary", body)
 
