@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import ParamsError
 
@@ -215,6 +215,41 @@ class MLflowParams(Section):
     """Experiment name; ``None`` means one experiment per dataset, named after ``data.source``."""
 
 
+class ScheduleParams(Section):
+    """When the deployed flow runs (read by ``flows.deploy``, not by any DVC stage)."""
+
+    cron: str = "0 3 * * *"
+    """Cron expression of the deployment's schedule (default: every day at 03:00)."""
+    timezone: str = "UTC"
+    """IANA time zone the cron expression is read in."""
+    deployment_name: Annotated[str, Field(min_length=1)] = "scheduled"
+    """Name of the deployment (``<flow name>/<deployment name>`` in Prefect)."""
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(f"not a valid cron expression ({exc})") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 with warnings.catch_warnings():
     # The section name ``register`` is public; it shadows ``BaseModel.register`` (an ABC class
     # method nobody calls on params), which pydantic warns about.
@@ -230,6 +265,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
         mlflow: MLflowParams = MLflowParams()
+        schedule: ScheduleParams = ScheduleParams()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -331,6 +367,14 @@ def validate_params(raw: Mapping[str, Any], source: str = "params") -> Params:
     except ValidationError as exc:
         lines = [_describe(error) for error in exc.errors()]
         raise ParamsError(f"{source}: invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def dump_params(params: Params, path: Path | str) -> Path:
+    """Write ``params`` as a complete params file (atomically), e.g. a flow run's effective settings."""
+    from components.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    return Path(path)
 
 
 def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:

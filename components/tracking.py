@@ -32,7 +32,7 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from components.atomic import dumps_json
 from components.config import Params
-from components.errors import PipelineError
+from components.errors import PipelineError, TransientError, is_transient
 from components.hashing import sha256_bytes
 
 DEFAULT_DB = "mlflow.db"
@@ -44,7 +44,17 @@ _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
 
 class TrackingError(PipelineError):
-    """The tracking server refused or could not be reached."""
+    """The tracking server refused a request."""
+
+
+class TrackingUnavailable(TrackingError, TransientError):
+    """The tracking server did not answer (down, unreachable, timing out): worth a retry."""
+
+
+def tracking_error(uri: str, exc: Exception) -> TrackingError:
+    """The right :class:`TrackingError` for an MLflow failure at ``uri``."""
+    message = f"MLflow tracking server {uri}: {getattr(exc, 'message', exc)}"
+    return TrackingUnavailable(message) if is_transient(exc) else TrackingError(message)
 
 
 def tracking_uri(project_root: Path | str = ".") -> str:
@@ -158,7 +168,7 @@ class Tracker:
                     raise
                 experiment_id = experiment.experiment_id
         except MlflowException as exc:
-            raise TrackingError(f"MLflow tracking server {uri}: {exc.message}") from exc
+            raise tracking_error(uri, exc) from exc
         return cls(client, uri, experiment_id)
 
     def parent_run(self, key: str, tags: Mapping[str, str]) -> str:
@@ -175,6 +185,18 @@ class Tracker:
             self.experiment_id, run_name=f"pipeline-{key[:8]}", tags={**tags, KEY_TAG: key}
         )
         return run.info.run_id
+
+    def start_parent(self, name: str, tags: Mapping[str, str]) -> str:
+        """A new parent run owned by the caller (a flow run), which ends it with :meth:`end_parent`."""
+        try:
+            return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+        except MlflowException as exc:
+            raise tracking_error(self.uri, exc) from exc
+
+    def end_parent(self, run_id: str, succeeded: bool, tags: Mapping[str, str] | None = None) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
 
     def run_exists(self, run_id: str) -> bool:
         try:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from components.config import ALL_ARCHITECTURES, Architecture
-from components.errors import ParamsError, PipelineError
+from components.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, ParamsError, PipelineError, TransientError
 
 T = TypeVar("T")
 
@@ -21,6 +21,7 @@ OFFLINE_DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 console = Console(stderr=True)
@@ -33,7 +34,8 @@ def set_offline_defaults() -> None:
 
 
 def run_stage(stage: str, body: Callable[[], T]) -> T:
-    """Run ``body``; a :class:`PipelineError` becomes a one-paragraph message and exit code 2."""
+    """Run ``body``; a :class:`PipelineError` becomes a one-paragraph message and an exit code:
+    75 when a service did not answer (worth a retry), 2 for bad input."""
     set_offline_defaults()
     try:
         return body()
@@ -41,7 +43,7 @@ def run_stage(stage: str, body: Callable[[], T]) -> T:
         console.print(
             f"[bold red]{stage} failed:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
-        sys.exit(2)
+        sys.exit(EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT)
 
 
 def architecture(name: str) -> Architecture:
@@ -49,3 +51,14 @@ def architecture(name: str) -> Architecture:
     if name not in ALL_ARCHITECTURES:
         raise ParamsError(f"--arch {name!r}: unknown architecture (known: {', '.join(ALL_ARCHITECTURES)})")
     return name
+
+
+def run_tags(pairs: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` from ``--tag`` options as a mapping."""
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--tag {pair!r}: expected KEY=VALUE")
+        tags[key] = value
+    return tags

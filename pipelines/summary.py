@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from components.config import load_params
 from components.data.summary import prepared_table
 from components.evaluation.summary import results_table
+from components.registry.register import REPORT
 from components.tracking import tracking_uri
 from pipelines._cli import run_stage
 
@@ -20,22 +22,33 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 def main(
     params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
-    prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
-    models: Annotated[Path, typer.Option(help="Folder of the model folders.")] = Path("models"),
-    reports: Annotated[Path, typer.Option(help="Folder of the report folders.")] = Path("reports"),
+    prepared: Annotated[Path | None, typer.Option(help="Preprocess output folder.")] = None,
+    models: Annotated[Path | None, typer.Option(help="Folder of the model folders.")] = None,
+    reports: Annotated[Path | None, typer.Option(help="Folder of the report folders.")] = None,
 ) -> None:
     """Summarise the prepared data and the evaluated models, and say how to browse the runs."""
 
-    def body() -> None:
-        settings = load_params(params)
-        console = Console()
-        console.print(prepared_table(prepared))
-        console.print(results_table(settings.train.architectures, models, reports))
-        uri = tracking_uri(params.parent)
-        hint = f"uv run mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
-        console.print(f"Browse the runs: {hint}", highlight=False, soft_wrap=True)
+    run_stage("summary", lambda: print_summary(params, params.parent, prepared, models, reports))
 
-    run_stage("summary", body)
+
+def print_summary(
+    params: Path,
+    root: Path,
+    prepared: Path | None = None,
+    models: Path | None = None,
+    reports: Path | None = None,
+    architectures: Sequence[str] | None = None,
+) -> None:
+    """The prepared-data table, the results table (champion marked) and how to open the MLflow UI."""
+    settings = load_params(params)
+    reports = reports or root / "reports"
+    console = Console()
+    console.print(prepared_table(prepared or root / "data" / "prepared"))
+    chosen = list(architectures or settings.train.architectures)
+    console.print(results_table(chosen, models or root / "models", reports, reports / REPORT))
+    uri = tracking_uri(root)
+    hint = f"uv run mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
+    console.print(f"Browse the runs: {hint}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

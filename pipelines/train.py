@@ -9,7 +9,7 @@ import typer
 
 from components.config import ALL_ARCHITECTURES, load_params
 from components.training.train import train
-from pipelines._cli import architecture, console, run_stage
+from pipelines._cli import architecture, console, run_stage, run_tags
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -21,13 +21,15 @@ def main(
     prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
     out: Annotated[Path | None, typer.Option(help="Output folder [default: models/<arch>].")] = None,
     work: Annotated[Path, typer.Option(help="Folder for resumable checkpoints.")] = Path(".work"),
+    tag: Annotated[list[str] | None, typer.Option(help="Extra MLflow run tag KEY=VALUE.")] = None,
 ) -> None:
     """Validate the settings, train ``arch``, write its model folder and log the run to MLflow."""
 
     def body() -> None:
         settings = load_params(params)
         chosen = architecture(arch)
-        result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work)
+        tags = run_tags(tag or [])
+        result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work, tags=tags)
         info = result.info
         console.print(
             f"train@{arch}: {info['epochs']} epochs, {info['global_steps']} steps "

@@ -1,0 +1,1 @@
+"""MLflow Model Registry: package a trained model with its preprocessing, register it, gate ``champion``."""

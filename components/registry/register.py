@@ -1,0 +1,322 @@
+"""Register a trained model in the MLflow Model Registry and decide whether it becomes ``champion``.
+
+The function behind the ``register`` stage (and the flow's register tasks). For one architecture:
+
+1. Package ``models/<arch>/`` as an MLflow ``pyfunc`` model (see :mod:`components.registry.pyfunc_model`):
+   raw pixels in, class ids and probabilities out, normalisation included; logged to the run that
+   trained it, with a signature and an input example.
+2. Register it as a new version of ``register.model_name`` (one registered model per dataset) and
+   point the alias ``challenger`` at it. Versions carry the lineage tags (architecture, data
+   version, git commit, Prefect flow run, weights hash).
+3. Score the new version and the current ``champion`` through the registered models on the same
+   test split, and move ``champion`` only if the new version is strictly better on
+   ``register.metric``. The decision and its reason are tagged on the version.
+
+Idempotent: a version is identified by the sha256 of its weights, so registering the same weights
+again adds no version and returns the decision recorded the first time.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+from components.atomic import atomic_write_json
+from components.config import Architecture, Params
+from components.data.normalize import Normalization
+from components.data.prepared import PreparedSplit, data_version, load_prepared
+from components.errors import DataValidationError
+from components.evaluation.metrics import classification_metrics
+from components.hashing import sha256_file
+from components.registry.exported import PROGRAM_FILE, export_program, save_program
+from components.tracking import Tracker, code_tags, experiment_name, tracking_error
+from components.training.artifacts import WEIGHTS, load_trained_model
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+REPORT = "registration.json"
+MODEL_ARTIFACT = "model"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+# Tags on each model version.
+WEIGHTS_TAG = "weights.sha256"
+DECISION_TAG = "registry.decision"
+REASON_TAG = "registry.reason"
+# One registration at a time in this process: the champion check-and-move must not interleave.
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What registering one architecture did (also stored as tags on its version)."""
+
+    architecture: str
+    model_name: str
+    version: str
+    weights_sha256: str
+    metric: str
+    value: float
+    """The new version's ``metric`` on the test split, scored through the registered model."""
+    previous_champion: str | None
+    previous_champion_value: float | None
+    promoted: bool
+    reason: str
+
+
+def registered_model_name(params: Params) -> str:
+    return params.register.model_name or f"{params.data.source}-classifier"
+
+
+def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
+    """The split's images back in the source's raw pixel values (what the registered model takes)."""
+    mean = np.asarray(stats.mean, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
+    std = np.asarray(stats.std, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
+    return (split.x * std + mean).astype(np.float32)  # (N, C, H, W)
+
+
+def score(
+    model_uri: str, pixels: np.ndarray, labels: np.ndarray, metric: str, class_names: list[str]
+) -> float:
+    """``metric`` (``test_accuracy`` or ``test_f1_macro``) of the registered model at ``model_uri``."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    predicted = model.predict(pixels)["class_id"].to_numpy()
+    summary, _ = classification_metrics(labels, predicted, class_names)
+    return float(summary[metric.removeprefix("test_")])
+
+
+def signature(image_shape: Sequence[int], class_names: Sequence[str]) -> ModelSignature:
+    """Raw float32 pixels ``(-1, C, H, W)`` in; class id, name and probabilities out."""
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec("long", "class_id"),
+        ColSpec("string", "class_name"),
+        ColSpec("float", "probability"),
+    ]
+    outputs += [ColSpec("float", f"prob_{name}") for name in class_names]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape))]), outputs=Schema(outputs)
+    )
+
+
+def register(
+    params: Params,
+    arch: Architecture,
+    model_dir: Path | str,
+    prepared_dir: Path | str,
+    *,
+    project_root: Path | str = ".",
+    tags: Mapping[str, str] | None = None,
+) -> Decision:
+    """Register ``model_dir`` (if its weights are new) and gate ``champion``; return the decision."""
+    model_dir, prepared_dir = Path(model_dir), Path(prepared_dir)
+    trained = load_trained_model(model_dir)
+    prepared = load_prepared(prepared_dir)
+    test = prepared.splits.get("test")
+    if test is None or len(test.x) == 0:
+        raise DataValidationError(prepared_dir, "the test split is missing or empty")
+    version = data_version(prepared_dir)
+    if trained.info.get("data_version") != version:
+        raise DataValidationError(
+            model_dir,
+            f"was trained on data version {trained.info.get('data_version')}, "
+            f"but {prepared_dir} is {version}",
+        )
+    weights_sha = sha256_file(model_dir / WEIGHTS)
+    name = registered_model_name(params)
+    metric = params.register.metric
+    class_names = prepared.stats.class_names
+    pixels = raw_pixels(test, prepared.stats)
+
+    with _LOCK:
+        tracker = Tracker.open(experiment_name(params), project_root)
+        client = tracker.client
+        try:
+            _ensure_registered_model(client, name, params)
+            existing = _version_with_weights(client, name, weights_sha)
+            if existing is not None and existing.tags.get(DECISION_TAG):
+                return _recorded_decision(existing, arch, metric)
+            if existing is None:
+                version_tags = {
+                    "architecture": arch,
+                    "data.source": params.data.source,
+                    "data.version": version,
+                    WEIGHTS_TAG: weights_sha,
+                    **code_tags(project_root),
+                    **(tags or {}),
+                }
+                existing = _log_and_register(tracker, trained, name, pixels, version_tags)
+            new = existing.version
+            client.set_registered_model_alias(name, CHALLENGER, new)
+            value = score(f"models:/{name}/{new}", pixels, test.labels, metric, class_names)
+            champion = _alias_version(client, name, CHAMPION)
+            champion_value: float | None = None
+            if champion is None:
+                promoted, reason = True, f"no {CHAMPION} yet"
+            else:
+                try:
+                    champion_value = score(
+                        f"models:/{name}/{champion.version}", pixels, test.labels, metric, class_names
+                    )
+                except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
+                    promoted = True
+                    reason = f"{CHAMPION} v{champion.version} could not be scored on this test data ({exc})"
+                else:
+                    promoted = value > champion_value
+                    comparison = "beats" if promoted else "does not beat"
+                    reason = (
+                        f"{metric} {value:.4f} {comparison} {CHAMPION} v{champion.version}'s "
+                        f"{champion_value:.4f} on the same test data (data version {version[:12]})"
+                    )
+            if promoted:
+                client.set_registered_model_alias(name, CHAMPION, new)
+            decision = Decision(
+                architecture=arch,
+                model_name=name,
+                version=str(new),
+                weights_sha256=weights_sha,
+                metric=metric,
+                value=value,
+                previous_champion=str(champion.version) if champion else None,
+                previous_champion_value=champion_value,
+                promoted=promoted,
+                reason=reason,
+            )
+            _record(client, decision, existing.run_id)
+        except MlflowException as exc:
+            raise tracking_error(tracker.uri, exc) from exc
+    return decision
+
+
+def _ensure_registered_model(client: mlflow.MlflowClient, name: str, params: Params) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name,
+                tags={"data.source": params.data.source},
+                description=f"Classifiers trained on {params.data.source}; alias {CHAMPION} is the best.",
+            )
+        except MlflowException:  # created concurrently
+            client.get_registered_model(name)
+
+
+def _version_with_weights(client: mlflow.MlflowClient, name: str, weights_sha: str) -> ModelVersion | None:
+    found = client.search_model_versions(f"name = '{name}' and tags.`{WEIGHTS_TAG}` = '{weights_sha}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _log_and_register(
+    tracker: Tracker, trained: Any, name: str, pixels: np.ndarray, version_tags: dict[str, str]
+) -> ModelVersion:
+    """Log the pyfunc model to the training run (or a new run) and register it as a new version."""
+    run_id = (trained.info.get("mlflow") or {}).get("run_id")
+    arch = trained.architecture
+    if not (run_id and tracker.run_exists(run_id)):  # trained against another tracking server
+        run_id = tracker.client.create_run(
+            tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
+        ).info.run_id
+    mlflow.set_tracking_uri(tracker.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        program = save_program(export_program(trained.model.cpu(), trained.stats), Path(tmp) / PROGRAM_FILE)
+        meta = Path(tmp) / "meta.json"
+        meta.write_text(
+            json.dumps({"class_names": trained.stats.class_names, "image_shape": trained.stats.image_shape}),
+            encoding="utf-8",
+        )
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_FILE),
+                artifacts={"program": str(program), "meta": str(meta)},
+                signature=signature(trained.stats.image_shape, trained.stats.class_names),
+                input_example=pixels[:2],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                    "numpy",
+                    "pandas",
+                ],
+                metadata={"architecture": arch, "data_version": version_tags["data.version"]},
+            )
+    return mlflow.register_model(info.model_uri, name, tags=version_tags)
+
+
+def _record(client: mlflow.MlflowClient, decision: Decision, run_id: str | None) -> None:
+    """The decision as version tags (the record re-registration returns) and on the run."""
+    payload = {
+        DECISION_TAG: "promoted" if decision.promoted else "kept",
+        REASON_TAG: decision.reason,
+        "registry.metric": decision.metric,
+        "registry.value": repr(decision.value),
+        "registry.previous_champion": decision.previous_champion or "",
+        "registry.previous_champion_value": repr(decision.previous_champion_value),
+    }
+    for key, value in payload.items():
+        client.set_model_version_tag(decision.model_name, decision.version, key, value)
+    if run_id:
+        client.set_tag(run_id, "registry.version", f"{decision.model_name}/{decision.version}")
+        client.set_tag(run_id, REASON_TAG, decision.reason)
+
+
+def _recorded_decision(version: ModelVersion, arch: str, metric: str) -> Decision:
+    tags = version.tags
+    previous_value = tags.get("registry.previous_champion_value", "None")
+    return Decision(
+        architecture=arch,
+        model_name=version.name,
+        version=str(version.version),
+        weights_sha256=tags[WEIGHTS_TAG],
+        metric=tags.get("registry.metric", metric),
+        value=float(tags.get("registry.value", "nan")),
+        previous_champion=tags.get("registry.previous_champion") or None,
+        previous_champion_value=None if previous_value == "None" else float(previous_value),
+        promoted=tags[DECISION_TAG] == "promoted",
+        reason=tags.get(REASON_TAG, ""),
+    )
+
+
+def champion_version(params: Params, project_root: Path | str = ".") -> ModelVersion | None:
+    """The version the ``champion`` alias points at, or None."""
+    tracker = Tracker.open(experiment_name(params), project_root)
+    return _alias_version(tracker.client, registered_model_name(params), CHAMPION)
+
+
+def write_report(
+    decisions: Sequence[Decision], champion: ModelVersion | None, path: Path | str
+) -> dict[str, Any]:
+    """``reports/registration.json``: every decision in order and where ``champion`` points now.
+
+    Only registry facts, no timestamps: registering the same weights again writes the same bytes.
+    """
+    report = {
+        "model_name": decisions[0].model_name if decisions else None,
+        "champion": {
+            "version": str(champion.version),
+            "architecture": champion.tags.get("architecture"),
+            "weights_sha256": champion.tags.get(WEIGHTS_TAG),
+        }
+        if champion
+        else None,
+        "decisions": [asdict(d) for d in decisions],
+    }
+    atomic_write_json(path, report)
+    return report

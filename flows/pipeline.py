@@ -1,0 +1,286 @@
+"""The whole pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate -> register) x arch.
+
+Wiring only: every task calls the component function its DVC stage calls (training through the
+stage's own command, in a process of its own; see :mod:`components.stage_process`). DVC stays the
+record: a stage DVC reports up to date is skipped, and each stage that ran is committed to
+``dvc.lock`` (see :mod:`components.dvc_sync`), so ``dvc status`` is clean after a flow run.
+
+- Architectures run concurrently; each one's evaluate starts when its own training is done.
+  Registrations run one at a time in ``train.architectures`` order (version numbers and the
+  champion among equals do not depend on which training finished first).
+- Retries only for transient failures (a tracking server that did not answer), never bad input.
+- The flow owns the MLflow parent run; every run and model version carries the Prefect flow-run id,
+  the git commit and the data version.
+
+Run it: ``python -m flows.pipeline`` (ephemeral Prefect server unless ``PREFECT_API_URL`` is set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from prefect import allow_failure, flow, get_run_logger, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import Task
+
+from components.config import Architecture, Params, dump_params, load_params
+from components.data.ingest import ingest
+from components.data.prepared import data_version
+from components.data.preprocess import preprocess
+from components.dvc_sync import DvcStages, run_unless_up_to_date
+from components.errors import is_transient
+from components.evaluation.evaluate import evaluate
+from components.registry.register import Decision, champion_version, register, write_report
+from components.stage_process import run_stage_process, stage_command
+from components.tracking import PARENT_ENV, Tracker, code_tags, experiment_name
+
+FLOW_NAME = "training-pipeline"
+RAW, PREPARED, MODELS, REPORTS = "data/raw", "data/prepared", "models", "reports"
+REGISTRATION = "reports/registration.json"
+
+
+def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry a service that did not answer, never bad input or a bug."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": only_transient}
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """What every task of one flow run needs: where the project is and what it runs with."""
+
+    root: Path
+    params: Params
+    params_file: Path
+    """The effective settings (``params.yaml`` with the flow's overrides), for stage processes."""
+    dvc: DvcStages | None
+    tags: dict[str, str] = field(default_factory=dict)
+    """Lineage tags for every MLflow run and model version: the Prefect flow run."""
+    parent_run_id: str | None = None
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+@task(name="ingest", **RETRY)
+def ingest_task(run: PipelineRun) -> bool:
+    return run_unless_up_to_date(
+        run.dvc, "ingest", lambda: ingest(run.params.data, run.path(RAW), root=run.root)
+    )
+
+
+@task(name="preprocess", **RETRY)
+def preprocess_task(run: PipelineRun) -> bool:
+    return run_unless_up_to_date(
+        run.dvc, "preprocess", lambda: preprocess(run.params.preprocess, run.path(RAW), run.path(PREPARED))
+    )
+
+
+@task(name="open-parent-run", **RETRY)
+def open_parent_task(run: PipelineRun) -> str:
+    tracker = Tracker.open(experiment_name(run.params), run.root)
+    tags = {"data.source": run.params.data.source, "data.version": data_version(run.path(PREPARED))}
+    return tracker.start_parent(
+        f"flow-{run.tags.get('prefect.flow_run_name', 'local')}", {**tags, **code_tags(run.root), **run.tags}
+    )
+
+
+@task(name="train", task_run_name="train[{arch}]", **RETRY)
+def train_task(run: PipelineRun, arch: Architecture) -> bool:
+    """The ``train@<arch>`` stage command in its own process (process-wide seeding, one per device)."""
+    args = [
+        "--params",
+        str(run.params_file),
+        "--arch",
+        arch,
+        "--prepared",
+        PREPARED,
+        "--out",
+        f"{MODELS}/{arch}",
+    ]
+    args += [f"--tag={key}={value}" for key, value in run.tags.items()]
+    env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
+    command = stage_command("pipelines.train", args)
+    return run_unless_up_to_date(
+        run.dvc,
+        f"train@{arch}",
+        lambda: run_stage_process(command, cwd=run.root, env=env, name=f"train@{arch}"),
+    )
+
+
+@task(name="evaluate", task_run_name="evaluate[{arch}]", **RETRY)
+def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
+    return run_unless_up_to_date(
+        run.dvc,
+        f"evaluate@{arch}",
+        lambda: evaluate(
+            run.params,
+            arch,
+            run.path(PREPARED),
+            run.path(f"{MODELS}/{arch}"),
+            run.path(f"{REPORTS}/{arch}"),
+            project_root=run.root,
+        ),
+    )
+
+
+@task(name="register", task_run_name="register[{arch}]", **RETRY)
+def register_task(run: PipelineRun, arch: Architecture) -> Decision:
+    decision = register(
+        run.params,
+        arch,
+        run.path(f"{MODELS}/{arch}"),
+        run.path(PREPARED),
+        project_root=run.root,
+        tags=run.tags,
+    )
+    get_run_logger().info("register[%s]: version %s: %s", arch, decision.version, decision.reason)
+    return decision
+
+
+@task(name="registration-report", **RETRY)
+def report_task(run: PipelineRun, decisions: list[Decision]) -> dict[str, Any]:
+    """``reports/registration.json``, recorded as the ``register`` stage's output."""
+    champion = champion_version(run.params, run.root)
+    report = write_report(decisions, champion, run.path(REGISTRATION))
+    if run.dvc is not None:
+        run.dvc.record("register")
+    return report
+
+
+def effective_params(
+    params_file: Path,
+    architectures: list[str] | None,
+    max_epochs: int | None,
+    data_source: str | None,
+    overrides: dict[str, Any] | None,
+) -> Params:
+    """``params_file`` with the flow parameters applied, validated by the same schema as the stages."""
+    chosen: dict[str, Any] = dict(overrides or {})
+    for key, value in (
+        ("train.architectures", architectures),
+        ("train.max_epochs", max_epochs),
+        ("data.source", data_source),
+    ):
+        if value is not None:
+            chosen[key] = value
+    return load_params(params_file, chosen)
+
+
+@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)  # type: ignore[arg-type]
+def training_pipeline(
+    project_root: str = ".",
+    params_file: str = "params.yaml",
+    architectures: list[str] | None = None,
+    max_epochs: int | None = None,
+    data_source: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline on ``params_file`` (relative to ``project_root``), with optional overrides
+    of its keys (``overrides`` takes dotted keys, e.g. ``{"train.batch_size": 256}``)."""
+    root = Path(project_root).resolve()
+    settings = effective_params(root / params_file, architectures, max_epochs, data_source, overrides)
+    run_id = str(flow_run.id or "local")
+    work = root / ".work" / "flow" / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    run = PipelineRun(
+        root=root,
+        params=settings,
+        params_file=dump_params(settings, work / "params.yaml"),
+        dvc=DvcStages.open(root, settings),
+        tags={"prefect.flow_run_id": run_id, "prefect.flow_run_name": str(flow_run.name or "local")},
+    )
+
+    data_stages = {"ingest": ingest_task(run), "preprocess": preprocess_task(run)}
+    parent = open_parent_task(run)
+    run = replace(run, parent_run_id=parent)
+
+    branches: dict[str, PrefectFuture[bool]] = {}
+    registrations: list[PrefectFuture[Decision]] = []
+    for arch in settings.train.architectures:
+        trained = train_task.submit(run, arch)
+        evaluated = evaluate_task.submit(run, arch, return_state=False, wait_for=[trained])
+        previous = [allow_failure(registrations[-1])] if registrations else []
+        registrations.append(
+            register_task.submit(run, arch, return_state=False, wait_for=[evaluated, *previous])
+        )
+        branches[f"train@{arch}"], branches[f"evaluate@{arch}"] = trained, evaluated
+
+    tracker = Tracker.open(experiment_name(settings), root)
+    try:
+        decisions = [future.result() for future in registrations]
+        report = report_task(run, decisions)
+    except BaseException:
+        tracker.end_parent(parent, succeeded=False)
+        raise
+    stages = {**data_stages, **{name: future.result() for name, future in branches.items()}}
+    skipped = sorted(name for name, did in stages.items() if not did)
+    tracker.end_parent(parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none"})
+    shutil.rmtree(work, ignore_errors=True)
+    return {"stages_run": stages, "registration": report, "parent_run_id": parent}
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    project_root: Annotated[Path, typer.Option(help="Project folder (params.yaml, data/, models/).")] = Path(
+        "."
+    ),
+    params_file: Annotated[
+        str, typer.Option("--params", help="Settings file inside the project.")
+    ] = "params.yaml",
+    arch: Annotated[
+        list[str] | None, typer.Option(help="Train only these architectures (repeatable).")
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override train.max_epochs.")] = None,
+    data_source: Annotated[str | None, typer.Option(help="Override data.source.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: KEY=YAML (repeatable).")
+    ] = None,
+    summary: Annotated[bool, typer.Option(help="Print the results table at the end.")] = True,
+) -> None:
+    """Run the flow once, now, and print the results table."""
+    import yaml
+
+    from pipelines._cli import run_stage, set_offline_defaults
+
+    set_offline_defaults()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+    def body() -> None:
+        overrides = {}
+        for pair in set_ or []:
+            key, _, value = pair.partition("=")
+            overrides[key] = yaml.safe_load(value)
+        training_pipeline(
+            project_root=str(project_root),
+            params_file=params_file,
+            architectures=list(arch) if arch else None,
+            max_epochs=max_epochs,
+            data_source=data_source,
+            overrides=overrides or None,
+        )
+        if summary:
+            from pipelines.summary import print_summary
+
+            print_summary(project_root / params_file, project_root, architectures=arch or None)
+
+    run_stage("flow", body)
+
+
+if __name__ == "__main__":
+    app()

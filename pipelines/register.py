@@ -1,0 +1,39 @@
+"""DVC stage ``register``: register every architecture's model and gate the ``champion`` alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from components.config import load_params
+from components.registry.register import champion_version, register, write_report
+from pipelines._cli import console, run_stage
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
+    prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
+    models: Annotated[Path, typer.Option(help="Folder of the model folders.")] = Path("models"),
+    out: Annotated[Path, typer.Option(help="Decision report.")] = Path("reports/registration.json"),
+) -> None:
+    """Register ``models/<arch>`` for each of ``train.architectures``, in order; write the decisions."""
+
+    def body() -> None:
+        settings = load_params(params)
+        decisions = []
+        for arch in settings.train.architectures:
+            decision = register(settings, arch, models / arch, prepared, project_root=params.parent)
+            console.print(f"register@{arch}: version {decision.version}: {decision.reason}", highlight=False)
+            decisions.append(decision)
+        write_report(decisions, champion_version(settings, params.parent), out)
+
+    run_stage("register", body)
+
+
+if __name__ == "__main__":
+    app()
