@@ -7,8 +7,8 @@ without this project installed. Artifacts it reads:
 - ``program``: the ``torch.export`` archive (raw pixels -> probabilities, normalisation inside)
 - ``meta``: JSON with ``class_names`` (index = class id) and ``image_shape`` (C, H, W)
 
-Input: raw pixels, ``(N, C, H, W)`` (or ``(N, H, W)`` for one channel, or flat rows of C*H*W
-values, as a DataFrame from the REST API would give). Output: a DataFrame with ``class_id``,
+Input: raw pixels, ``(N, C, H, W)`` float32 (the signature's tensor spec; over REST,
+``{"inputs": [...]}``). Output: a DataFrame with ``class_id``,
 ``class_name``, ``probability`` (of the predicted class) and ``prob_<class name>`` per class.
 """
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 WEIGHTS_TAG = "weights.sha256"
 DECISION_TAG = "registry.decision"
 REASON_TAG = "registry.reason"
+# The wrapper's predict has no type hints on purpose (the signature is explicit); MLflow says so.
+_HINT_WARNING = ".*Add type hints to the `predict` method"
 # One registration at a time in this process: the champion check-and-move must not interleave.
 _LOCK = threading.Lock()
 
@@ -90,7 +93,9 @@ def score(
     model_uri: str, pixels: np.ndarray, labels: np.ndarray, metric: str, class_names: list[str]
 ) -> float:
     """``metric`` (``test_accuracy`` or ``test_f1_macro``) of the registered model at ``model_uri``."""
-    model = mlflow.pyfunc.load_model(model_uri)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_HINT_WARNING)
+        model = mlflow.pyfunc.load_model(model_uri)
     predicted = model.predict(pixels)["class_id"].to_numpy()
     summary, _ = classification_metrics(labels, predicted, class_names)
     return float(summary[metric.removeprefix("test_")])
@@ -242,7 +247,8 @@ def _log_and_register(
             json.dumps({"class_names": trained.stats.class_names, "image_shape": trained.stats.image_shape}),
             encoding="utf-8",
         )
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_HINT_WARNING)
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(PYFUNC_FILE),

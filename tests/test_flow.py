@@ -1,0 +1,154 @@
+"""The Prefect flow end to end in a git + DVC copy of the project (tiny settings, two architectures).
+
+The flow runs in this process against a temporary Prefect server (``prefect_test_harness``); its
+training stages run as the real stage processes; MLflow logs to the copy's own SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from components.registry.register import CHAMPION
+from tests.conftest import tiny_params
+from tests.dvcproject import clone_project, dvc, ran_stages, run
+
+pytestmark = pytest.mark.slow
+
+ARCHS = ["mlp", "cnn"]
+MODEL_NAME = "digits-classifier"
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    params = tiny_params(max_epochs=1)
+    params["train"]["architectures"] = ARCHS
+    return clone_project(tmp_path_factory.mktemp("flow-project"), params)
+
+
+def run_flow(project: Path, **parameters: Any) -> tuple[str, dict[str, Any]]:
+    """Run the flow on ``project``; return its flow-run id and result. Fails unless it completed."""
+    from flows.pipeline import training_pipeline
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the project's own mlflow.db
+        state = training_pipeline(project_root=str(project), return_state=True, **parameters)
+    assert state.is_completed(), state
+    return str(state.state_details.flow_run_id), state.result()
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server: None, project: Path) -> tuple[str, dict[str, Any]]:
+    return run_flow(project)
+
+
+def _client(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def _versions(project: Path) -> list[Any]:
+    return _client(project).search_model_versions(f"name = '{MODEL_NAME}'")
+
+
+def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
+    project: Path, first_run: tuple[str, dict[str, Any]]
+) -> None:
+    flow_run_id, result = first_run
+    stages = {"ingest", "preprocess", *(f"{s}@{a}" for s in ("train", "evaluate") for a in ARCHS)}
+    assert result["stages_run"] == dict.fromkeys(stages, True)
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as prefect:
+        task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    names = {t.name.rsplit("-", 1)[0] if "[" not in t.name else t.name for t in task_runs}
+    assert {f"{s}[{a}]" for s in ("train", "evaluate", "register") for a in ARCHS} <= names
+    assert {t.state_type.value for t in task_runs} == {"COMPLETED"}
+
+    for arch in ARCHS:
+        assert (project / "models" / arch / "weights.safetensors").is_file()
+        assert json.loads((project / "reports" / arch / "metrics.json").read_text())["test_images"] == 270
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    assert [d["architecture"] for d in registration["decisions"]] == ARCHS
+
+    # Lineage: the flow's parent run and every child carry the flow run, the commit, the data.
+    client = _client(project)
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    parent = client.get_run(result["parent_run_id"])
+    data_version = parent.data.tags["data.version"]
+    assert parent.data.tags["prefect.flow_run_id"] == flow_run_id
+    assert parent.data.tags["git.commit"] == commit
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["architecture"] for c in children) == sorted(ARCHS)
+    for child in children:
+        assert child.data.tags["prefect.flow_run_id"] == flow_run_id
+        assert child.data.tags["git.commit"] == commit
+        assert child.data.tags["data.version"] == data_version
+        assert child.info.status == "FINISHED"
+        assert "test_accuracy" in child.data.metrics
+    versions = _versions(project)
+    assert len(versions) == len(ARCHS)
+    assert {v.tags["prefect.flow_run_id"] for v in versions} == {flow_run_id}
+    assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION) is not None
+
+    # DVC agrees: nothing to do.
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+    assert ran_stages(dvc(project, "repro").stdout) == set()
+
+
+def test_dvc_repro_rebuilds_what_the_flow_built(project: Path, first_run: tuple[str, dict[str, Any]]) -> None:
+    files = [
+        "models/mlp/weights.safetensors",
+        "models/mlp/model.json",
+        "models/mlp/stats.json",
+        "reports/mlp/classification_report.json",
+        "reports/mlp/predictions.csv",
+        "reports/registration.json",
+    ]
+    from_flow = {name: (project / name).read_bytes() for name in files}
+    versions = len(_versions(project))
+    repro = dvc(project, "repro", "--force", "--single-item", "train@mlp", "evaluate@mlp", "register")
+    assert ran_stages(repro.stdout) == {"train@mlp", "evaluate@mlp", "register"}
+    assert {name: (project / name).read_bytes() for name in files} == from_flow
+    assert len(_versions(project)) == versions  # same weights: no new version
+
+
+def test_rerun_redoes_nothing_and_more_epochs_retrain_and_register(
+    project: Path, first_run: tuple[str, dict[str, Any]]
+) -> None:
+    versions = len(_versions(project))
+    _, again = run_flow(project)
+    assert not any(again["stages_run"].values()), again["stages_run"]
+    assert len(_versions(project)) == versions
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["max_epochs"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "more epochs"], project)
+    _, edited = run_flow(project)
+    ran = {stage for stage, did in edited["stages_run"].items() if did}
+    assert ran == {f"{s}@{a}" for s in ("train", "evaluate") for a in ARCHS}
+    decisions = edited["registration"]["decisions"]
+    assert len(_versions(project)) == versions + len(ARCHS)
+    for decision in decisions:
+        previous = decision["previous_champion_value"]
+        assert decision["promoted"] == (previous is None or decision["value"] > previous), decision
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}

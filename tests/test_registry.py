@@ -1,0 +1,138 @@
+"""The registry gate and the registered model, against a real SQLite-backed MLflow registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from components.config import Params, validate_params
+from components.data.prepared import load_prepared
+from components.registry.register import (
+    CHALLENGER,
+    CHAMPION,
+    champion_version,
+    raw_pixels,
+    register,
+    registered_model_name,
+    write_report,
+)
+from components.training.artifacts import load_trained_model
+from components.training.train import train
+from tests.conftest import tiny_params
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    raw = tiny_params()
+    raw["train"]["early_stopping_patience"] = 0
+    return validate_params(raw)
+
+
+@pytest.fixture(scope="module")
+def models(digits_project: Path, tracking_uri: str, params: Params) -> dict[int, Path]:
+    """The same tiny MLP trained for 1, 2 and 8 epochs: three models of rising accuracy."""
+    trained = {}
+    for epochs in (1, 2, 8):
+        settings = params.model_copy(update={"train": params.train.model_copy(update={"max_epochs": epochs})})
+        out = digits_project / "models" / f"mlp-{epochs}"
+        train(
+            settings,
+            "mlp",
+            digits_project / "data/prepared",
+            out,
+            work_root=digits_project / ".work",
+            project_root=digits_project,
+        )
+        trained[epochs] = out
+    return trained
+
+
+def _versions(name: str) -> list[str]:
+    return sorted(str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
+def test_champion_moves_only_to_a_better_model_and_registration_is_idempotent(
+    digits_project: Path, params: Params, models: dict[int, Path]
+) -> None:
+    prepared = digits_project / "data/prepared"
+    name = registered_model_name(params)
+    lineage = {"prefect.flow_run_id": "flow-run-1"}
+
+    first = register(params, "mlp", models[1], prepared, project_root=digits_project, tags=lineage)
+    assert first.promoted
+    assert first.reason == "no champion yet"
+    best = register(params, "mlp", models[8], prepared, project_root=digits_project, tags=lineage)
+    assert best.value > first.value
+    assert best.promoted
+    assert best.previous_champion == first.version
+    assert "beats" in best.reason
+    middle = register(params, "mlp", models[2], prepared, project_root=digits_project, tags=lineage)
+    assert middle.value < best.value
+    assert not middle.promoted
+    assert "does not beat" in middle.reason
+    assert middle.previous_champion_value == pytest.approx(best.value)
+
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == best.version
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == middle.version
+    assert _versions(name) == ["1", "2", "3"]
+
+    # The same weights again: no new version, the first decision comes back.
+    again = register(params, "mlp", models[2], prepared, project_root=digits_project, tags=lineage)
+    assert again == middle
+    assert _versions(name) == ["1", "2", "3"]
+
+    # Lineage: from the version to the code, the data and the flow run that made it.
+    version = client.get_model_version(name, best.version)
+    info = json.loads((models[8] / "train_info.json").read_text())
+    assert version.tags["data.version"] == info["data_version"]
+    assert version.tags["git.commit"] == info["git_commit"] != "unknown"
+    assert version.tags["prefect.flow_run_id"] == "flow-run-1"
+    assert version.tags["registry.decision"] == "promoted"
+    assert version.run_id == info["mlflow"]["run_id"]
+
+    report_file = digits_project / "reports" / "registration.json"
+    report = write_report([first, best, middle], champion_version(params, digits_project), report_file)
+    assert report["champion"]["version"] == best.version
+    written = report_file.read_bytes()
+    write_report([first, best, middle], champion_version(params, digits_project), report_file)
+    assert report_file.read_bytes() == written  # no timestamps: same registry state, same bytes
+
+
+def test_registered_model_predicts_on_raw_pixels_what_the_trained_model_predicts(
+    digits_project: Path, params: Params, models: dict[int, Path]
+) -> None:
+    prepared_dir = digits_project / "data/prepared"
+    register(params, "mlp", models[8], prepared_dir, project_root=digits_project)
+    prepared = load_prepared(prepared_dir)
+    test = prepared.splits["test"]
+    pixels = raw_pixels(test, prepared.stats)  # (N, 1, 8, 8), digits' 0..16 values
+    assert pixels.min() >= -1e-4
+    assert pixels.max() <= 16 + 1e-4
+
+    uri = f"models:/{registered_model_name(params)}@{CHAMPION}"
+    model = mlflow.pyfunc.load_model(uri)
+    predicted = model.predict(pixels)
+
+    trained = load_trained_model(models[8])
+    with torch.no_grad():
+        expected = trained.model(torch.from_numpy(test.x)).argmax(dim=1).numpy()
+    assert (predicted["class_id"].to_numpy() == expected).all()
+    probabilities = predicted[[f"prob_{c}" for c in prepared.stats.class_names]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert (predicted["class_name"] == [prepared.stats.class_names[i] for i in expected]).all()
+
+    # The signature is enforced: a wrong image size is refused, not silently reshaped.
+    with pytest.raises(mlflow.exceptions.MlflowException, match="shape"):
+        model.predict(np.zeros((2, 1, 9, 9), dtype=np.float32))
+
+    logged = mlflow.models.get_model_info(uri)
+    assert logged.signature is not None
+    assert tuple(logged.signature.inputs.inputs[0].shape) == (-1, 1, 8, 8)
+    assert logged.saved_input_example_info is not None
