@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (Python 3.11+ and the package registry):
-#   make run    install, then run the main job on the embedded default (bundled digits)
+#   make run    install, then run the main job (the Prefect flow) on the embedded default (bundled digits)
 #   make test   install, then run the test suite
 # uv is installed with pip when missing; dependencies come from the committed uv.lock.
 
@@ -11,6 +11,7 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Never fetch a Python interpreter: use the machine's.
 export UV_PYTHON_DOWNLOADS := never
 
@@ -23,8 +24,7 @@ install:
 	$(UV) sync --frozen
 
 run: install
-	$(UV) run dvc repro
-	$(UV) run python -m pipelines.summary
+	$(UV) run python -m flows.pipeline
 
 test: install
 	$(UV) run ruff check .

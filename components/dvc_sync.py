@@ -62,6 +62,10 @@ class DvcStages:
 
         return Repo(str(self.root))
 
+    def _target(self, stage: str) -> str:
+        """An absolute ``dvc.yaml:stage`` target: DVC resolves bare stage names against the cwd."""
+        return f"{self.root / 'dvc.yaml'}:{stage}"
+
     def detached(self, stage: str) -> bool:
         """Whether ``stage`` or a stage upstream of it reads a key that differs from ``params.yaml``."""
         if not self.changed:
@@ -70,7 +74,7 @@ class DvcStages:
 
         with _LOCK, self._repo() as repo:
             graph = repo.index.graph
-            by_name = {s.addressing: s for s in graph.nodes}
+            by_name = {s.name: s for s in graph.nodes if s.dvcfile.path == str(self.root / "dvc.yaml")}
             if stage not in by_name:
                 return True
             node = by_name[stage]
@@ -84,14 +88,14 @@ class DvcStages:
         if self.detached(stage):
             return False
         with _LOCK, self._repo() as repo:
-            return not repo.status(targets=[stage])
+            return not repo.status(targets=[self._target(stage)])
 
     def record(self, stage: str) -> bool:
         """``dvc commit --force <stage>`` unless detached; return whether it was recorded."""
         if self.detached(stage):
             return False
         with _LOCK, self._repo() as repo:
-            repo.commit(stage, force=True)
+            repo.commit(self._target(stage), force=True)
         return True
 
 

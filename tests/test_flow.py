@@ -75,7 +75,9 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as prefect:
-        task_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        task_runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
     names = {t.name.rsplit("-", 1)[0] if "[" not in t.name else t.name for t in task_runs}
     assert {f"{s}[{a}]" for s in ("train", "evaluate", "register") for a in ARCHS} <= names
     assert {t.state_type.value for t in task_runs} == {"COMPLETED"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -136,3 +137,49 @@ def test_registered_model_predicts_on_raw_pixels_what_the_trained_model_predicts
     assert logged.signature is not None
     assert tuple(logged.signature.inputs.inputs[0].shape) == (-1, 1, 8, 8)
     assert logged.saved_input_example_info is not None
+
+
+def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
+    digits_project: Path, params: Params, models: dict[int, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from components.data.idx import write_idx
+    from components.errors import DataValidationError
+    from components.registry.predict import predict_file
+    from pipelines.predict import app
+
+    prepared_dir = digits_project / "data/prepared"
+    register(params, "mlp", models[8], prepared_dir, project_root=digits_project)
+    prepared = load_prepared(prepared_dir)
+    images = np.rint(raw_pixels(prepared.splits["test"], prepared.stats)[:40, 0]).astype(
+        np.uint8
+    )  # (40, 8, 8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(folder / f"{i:03d}.png")
+    write_idx(tmp_path / "images-idx3-ubyte", images)
+    np.savez(tmp_path / "images.npz", x=images)
+
+    name = registered_model_name(params)
+    uri = f"models:/{name}@{CHAMPION}"
+    expected = mlflow.pyfunc.load_model(uri).predict(images[:, None].astype(np.float32))["class_id"].tolist()
+    outputs = {}
+    for source in (folder, tmp_path / "images-idx3-ubyte", tmp_path / "images.npz"):
+        out = tmp_path / f"{source.name}.csv"
+        result = CliRunner().invoke(
+            app, [str(source), "--out", str(out), "--model-name", name, "--batch-size", "16"]
+        )
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out)
+        assert len(table) == 40
+        assert table["class_id"].tolist() == expected
+        outputs[source.name] = table
+    assert outputs["images"]["id"].tolist()[:2] == ["000.png", "001.png"]
+
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((3, 9, 9), np.uint8))
+    with pytest.raises(DataValidationError, match=r"wrong\.npz.*shape \[1, 8, 8\]"):
+        predict_file(uri, tmp_path / "wrong.npz", tmp_path / "wrong.csv")
+    assert not (tmp_path / "wrong.csv").exists()

@@ -82,7 +82,7 @@ def evaluate(
         "latency_ms_per_batch_p95": latency["p95"],
         "images_per_second": result.images_per_second,
     }
-    report.update(device=str(device), data_version=version, model_dir=str(model_dir))
+    report.update(device=str(device), data_version=version, model_fingerprint=trained.info.get("fingerprint"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(test.labels, result.classes, len(class_names))

@@ -1,0 +1,130 @@
+"""Batch prediction with a registered model: images in (a folder, an IDX file, an npz), CSV out.
+
+The model is loaded through MLflow (``models:/<name>@champion`` or ``models:/<name>/<version>``) and
+fed raw pixels, exactly as a serving endpoint would be; its signature fixes the image size and
+channel count, and inputs of another size are refused with the file named.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from components.atomic import atomic_write_text
+from components.data.idx import read_idx
+from components.errors import DataSourceError, DataValidationError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IDX_MARKERS = ("-ubyte", ".idx")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Raw pixels to predict on and a name for each row of the CSV."""
+
+    pixels: np.ndarray
+    """N x C x H x W float32, the source's raw values."""
+    ids: list[str]
+
+
+def model_uri(name: str, version: str | None = None, alias: str = "champion") -> str:
+    return f"models:/{name}/{version}" if version else f"models:/{name}@{alias}"
+
+
+def _nchw(x: np.ndarray, file: Path) -> np.ndarray:
+    if x.ndim == 3:
+        return x[:, None]  # (N, H, W) -> (N, 1, H, W)
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    if x.ndim == 4:
+        return x
+    raise DataValidationError(
+        file, "images must be N x H x W, N x H x W x C or N x C x H x W", f"got {x.shape}"
+    )
+
+
+def read_inputs(path: Path | str, channels: int) -> Inputs:
+    """Read a folder of images, an IDX image file or an ``.npz`` (array ``x``, or its only array)."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_image_folder(path, channels)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: no such file or folder")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.files)
+            key = "x" if "x" in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise DataValidationError(path, "an .npz to predict on holds an array x (or a single array)")
+            x = _nchw(archive[key], path)
+        return Inputs(x.astype(np.float32), [f"{path.name}[{i}]" for i in range(len(x))])
+    if any(marker in path.name for marker in IDX_MARKERS):
+        x = _nchw(read_idx(path, expected_ndim=3), path)
+        return Inputs(x.astype(np.float32), [f"{path.name}[{i}]" for i in range(len(x))])
+    raise DataSourceError(
+        f"{path}: expected a folder of images, an IDX file (*-ubyte, *.idx[.gz]) or an .npz"
+    )
+
+
+def _read_image_folder(folder: Path, channels: int) -> Inputs:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataSourceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataValidationError(file, "file cannot be decoded as an image", str(exc)) from None
+        images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))  # (C, H, W)
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataValidationError(folder, "all images must have the same size", f"found {sorted(shapes)}")
+    return Inputs(np.stack(images).astype(np.float32), [str(f.relative_to(folder)) for f in files])
+
+
+def predict_file(
+    uri: str,
+    source: Path | str,
+    out_csv: Path | str,
+    *,
+    batch_size: int = 1024,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Predict every image of ``source`` with the model at ``uri``; write ``out_csv`` atomically.
+
+    ``on_batch(done, total)`` is called after each batch (a progress bar).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        model = mlflow.pyfunc.load_model(uri)
+    schema = model.metadata.get_input_schema()
+    shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else None  # (C, H, W)
+    inputs = read_inputs(source, channels=int(shape[0]) if shape else 1)
+    if shape is not None and inputs.pixels.shape[1:] != shape:
+        raise DataValidationError(
+            source, f"the model takes images of shape {list(shape)}", f"got {list(inputs.pixels.shape[1:])}"
+        )
+    frames = []
+    total = len(inputs.pixels)
+    for start in range(0, total, batch_size):
+        frames.append(model.predict(inputs.pixels[start : start + batch_size]))
+        if on_batch is not None:
+            on_batch(min(start + batch_size, total), total)
+    result = pd.concat(frames, ignore_index=True)
+    result.insert(0, "id", inputs.ids)
+    buffer = io.StringIO()
+    result.to_csv(buffer, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    atomic_write_text(out_csv, buffer.getvalue())
+    return result

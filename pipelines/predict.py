@@ -1,0 +1,57 @@
+"""Batch prediction with a registered model (not a DVC stage): images in, one CSV row per image out.
+
+Examples::
+
+    python -m pipelines.predict data/new_digits/ --out predictions.csv        # champion
+    python -m pipelines.predict t10k-images-idx3-ubyte.gz --version 3 --out v3.csv
+    python -m pipelines.predict batch.npz --model-name mnist-classifier
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from components.config import load_params
+from components.registry.predict import model_uri, predict_file
+from components.registry.register import CHAMPION, registered_model_name
+from pipelines._cli import console, run_stage
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    source: Annotated[Path, typer.Argument(help="Folder of images, IDX image file, or .npz (array x).")],
+    out: Annotated[Path, typer.Option(help="CSV to write (atomically).")] = Path("predictions.csv"),
+    params: Annotated[Path, typer.Option(help="Settings file (gives the registered model's name).")] = Path(
+        "params.yaml"
+    ),
+    model_name: Annotated[str | None, typer.Option(help="Registered model [default: from params].")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version [default: the alias].")] = None,
+    alias: Annotated[str, typer.Option(help="Alias used when no version is given.")] = CHAMPION,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = 1024,
+) -> None:
+    """Load the registered model and write class id, name and probabilities for every image."""
+
+    def body() -> None:
+        name = model_name or registered_model_name(load_params(params))
+        uri = model_uri(name, version, alias)
+        columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("predict", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = predict_file(uri, source, out, batch_size=batch_size, on_batch=advance)
+        console.print(f"predict: {len(result)} images with {uri} -> {out}", highlight=False, soft_wrap=True)
+
+    run_stage("predict", body)
+
+
+if __name__ == "__main__":
+    app()
