@@ -29,7 +29,7 @@ run: install
 test: install
 	$(UV) run ruff check .
 	$(UV) run mypy
-	$(UV) run pytest
+	$(UV) run pytest -n 2 --dist loadfile
 
 lint: install
 	$(UV) run ruff check .

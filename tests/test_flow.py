@@ -111,9 +111,15 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
     assert {v.tags["prefect.flow_run_id"] for v in versions} == {flow_run_id}
     assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION) is not None
 
-    # DVC agrees: nothing to do.
+    # DVC agrees: nothing to do; its metrics and plots read what the flow wrote.
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
     assert ran_stages(dvc(project, "repro").stdout) == set()
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    metrics = next(iter(shown.values()))["data"]
+    for arch in ARCHS:
+        assert 0.0 <= metrics[f"reports/{arch}/metrics.json"]["data"]["accuracy"] <= 1.0
+    plots = dvc(project, "plots", "show", "--json").stdout
+    assert all(f"reports/{arch}/predictions.csv" in plots for arch in ARCHS)
 
 
 def test_dvc_repro_rebuilds_what_the_flow_built(project: Path, first_run: tuple[str, dict[str, Any]]) -> None:
