@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from components.config import ALL_ARCHITECTURES, load_params
+from components.errors import ParamsError
 from components.training.train import train
 from pipelines._cli import architecture, console, run_stage
 
@@ -21,13 +22,23 @@ def main(
     prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
     out: Annotated[Path | None, typer.Option(help="Output folder [default: models/<arch>].")] = None,
     work: Annotated[Path, typer.Option(help="Folder for resumable checkpoints.")] = Path(".work"),
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Extra MLflow run tag KEY=VALUE (repeatable).")
+    ] = None,
 ) -> None:
-    """Validate the settings, train ``arch``, write its model folder and log the run to MLflow."""
+    """Validate the settings, train ``arch``, write its model folder and log the run to MLflow.
+
+    Runs unchanged as one process, or as every process of ``torchrun``, SLURM ``srun`` or
+    Lightning's ``ddp`` launcher; only global rank zero writes, logs and prints the summary line.
+    """
 
     def body() -> None:
         settings = load_params(params)
         chosen = architecture(arch)
-        result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work)
+        tags = parse_tags(tag or [])
+        result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work, tags=tags)
+        if result.global_rank != 0:
+            return
         info = result.info
         console.print(
             f"train@{arch}: {info['epochs']} epochs, {info['global_steps']} steps "
@@ -38,6 +49,17 @@ def main(
         )
 
     run_stage(f"train@{arch}", body)
+
+
+def parse_tags(pairs: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}``; a pair without ``=`` or with an empty key is an error."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--tag {pair!r}: expected KEY=VALUE")
+        tags[key.strip()] = value
+    return tags
 
 
 if __name__ == "__main__":
