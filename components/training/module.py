@@ -9,11 +9,37 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test")
+
+
+class BatchMean(Metric):
+    """Mean of per-batch values weighted by batch size, accumulated on the device.
+
+    The arithmetic is that of Lightning's own epoch mean (float32 sum of ``value * batch_size``, an
+    integer count), so epoch losses read the same; states are summed across ranks under DDP.
+    (torchmetrics' ``MeanMetric`` checks for NaN with a host sync on every update, or, with that
+    check disabled, ignores the weights.)
+    """
+
+    full_state_update = False
+    total: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total = self.total + value.float() * weight  # () float32
+        self.count = self.count + weight  # () int64
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 class Classifier(L.LightningModule):
@@ -25,7 +51,7 @@ class Classifier(L.LightningModule):
     (and across processes under DDP), so no step waits on the host: their argument checks are off
     (``validate_args=False``; they call ``torch.unique`` and branch on the result, a device-to-host
     sync per step, and the inputs here are argmax indices that cannot be out of range), and the loss
-    is accumulated on the device and reduced across ranks at epoch end (``sync_dist=True``).
+    mean is a metric of the same kind (:class:`BatchMean`). All are logged once per epoch.
 
     ``channels_last`` keeps the weights and every 4-D input in NHWC layout (for the CNN on GPUs).
     """
@@ -58,6 +84,7 @@ class Classifier(L.LightningModule):
                 for stage in STAGES
             }
         )
+        self.losses = nn.ModuleDict({f"{stage}_loss": BatchMean() for stage in STAGES})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -65,32 +92,48 @@ class Classifier(L.LightningModule):
         return self.model(x)  # (B, ...) -> (B, K) logits
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> torch.Tensor:
-        """Loss of one batch; logs ``<stage>_loss``, ``<stage>_acc`` and ``<stage>_f1_macro`` per epoch."""
+        """Loss of one batch; updates the stage's loss mean and metrics on the device (nothing logged)."""
         x, y = batch  # (B, ...), (B, K) one-hot
         logits = self(x)  # (B, K)
         loss = F.cross_entropy(logits, y)
+        mean: BatchMean = self.losses[f"{stage}_loss"]  # type: ignore[assignment]
+        mean.update(loss.detach(), len(x))
         metrics: MetricCollection = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
         metrics.update(logits.argmax(dim=1), y.argmax(dim=1))  # (B,), (B,)
-        self.log(
-            f"{stage}_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(x),
-            sync_dist=True,
-        )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
+
+    def log_epoch(self, stage: Stage) -> None:
+        """Log ``<stage>_loss``, ``<stage>_acc`` and ``<stage>_f1_macro`` for the epoch.
+
+        The values are torchmetrics objects: Lightning computes them (reduced across ranks) at the
+        epoch's end and resets them. Logging once per epoch instead of every step keeps Lightning's
+        per-call logging work (about as long as a small network's whole step on a CPU) out of the loop.
+        """
+        mean: BatchMean = self.losses[f"{stage}_loss"]  # type: ignore[assignment]
+        self.log(f"{stage}_loss", mean, on_step=False, on_epoch=True, prog_bar=True)
+        metrics: MetricCollection = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, "train")
 
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        # The last batch, not on_train_epoch_end: callbacks (the epoch history) run before the
+        # module's on_train_epoch_end and must already see this epoch's training figures.
+        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.log_epoch("train")
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self.parameters(), self.learning_rate, self.weight_decay, self.device)
