@@ -75,7 +75,9 @@ class PreprocessParams(Section):
 
 
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
-Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "64-true"]
+MatmulPrecision = Literal["auto", "highest", "high", "medium"]
+Strategy = Literal["auto", "ddp"]
 
 
 class TrainParams(Section):
@@ -100,9 +102,25 @@ class TrainParams(Section):
     accelerator: Accelerator = "auto"
     """Lightning accelerator: ``auto`` takes a GPU when there is one, else the CPU."""
     devices: PositiveInt | Literal["auto"] = "auto"
-    """Devices per node (Lightning ``devices``)."""
-    precision: Precision = "32-true"
-    """Lightning precision, for example ``bf16-mixed`` on GPUs that support it."""
+    """Devices (processes) per node (Lightning ``devices``). Under ``torchrun``/``srun`` it must equal
+    the processes started per node; ``auto`` is every GPU of the node, or one CPU process."""
+    num_nodes: PositiveInt = 1
+    """Nodes taking part (Lightning ``num_nodes``); ``devices * num_nodes`` is the world size."""
+    strategy: Strategy = "auto"
+    """Lightning strategy: ``auto`` (one device: none; several: DDP) or ``ddp``. Data-parallel only:
+    every rank holds the whole model, the global batch is ``batch_size * devices * num_nodes``."""
+    precision: Precision = "auto"
+    """Lightning precision. ``auto``: ``bf16-mixed`` on a CUDA device that supports bfloat16, else
+    ``32-true`` (so the CPU keeps exact fp32 results)."""
+    matmul_precision: MatmulPrecision = "auto"
+    """``torch.set_float32_matmul_precision`` while training. ``auto``: ``high`` (TF32 tensor cores)
+    on CUDA, ``highest`` elsewhere."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """NHWC memory layout for the ``cnn`` (other architectures have no convolutions and ignore it).
+    ``auto``: on for CUDA, where cuDNN's NHWC kernels are faster; off on the CPU."""
+    compile: bool = False
+    """``torch.compile`` the network before training. Off by default on every device: compiling
+    costs tens of seconds per architecture, more than a short run gains; worth it for long GPU runs."""
     in_memory: bool = True
     """Keep the prepared tensors on the training device and slice batches there (no per-sample
     ``DataLoader`` work). ``false`` streams batches through a ``DataLoader`` with workers."""

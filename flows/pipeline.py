@@ -1,7 +1,7 @@
 """The whole pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate -> register) x arch.
 
 Wiring only: every task calls the component function its DVC stage calls (training through the
-stage's own command, in a process of its own; see :mod:`components.stage_process`). DVC stays the
+stage's own command, in a process of its own; see :mod:`components.training.launch`). DVC stays the
 record: a stage DVC reports up to date is skipped, and each stage that ran is committed to
 ``dvc.lock`` (see :mod:`components.dvc_sync`), so ``dvc status`` is clean after a flow run.
 
@@ -18,7 +18,7 @@ Run it: ``python -m flows.pipeline`` (ephemeral Prefect server unless ``PREFECT_
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +32,7 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task
 
-from components.config import Architecture, Params, dump_params, load_params
+from components.config import Architecture, Params, load_params
 from components.data.ingest import ingest
 from components.data.prepared import data_version
 from components.data.preprocess import preprocess
@@ -40,8 +40,8 @@ from components.dvc_sync import DvcStages, run_unless_up_to_date
 from components.errors import is_transient
 from components.evaluation.evaluate import evaluate
 from components.registry.register import Decision, champion_version, register, write_report
-from components.stage_process import run_stage_process, stage_command
 from components.tracking import PARENT_ENV, Tracker, code_tags, experiment_name
+from components.training.launch import launch_training
 
 FLOW_NAME = "training-pipeline"
 RAW, PREPARED, MODELS, REPORTS = "data/raw", "data/prepared", "models", "reports"
@@ -63,8 +63,6 @@ class PipelineRun:
 
     root: Path
     params: Params
-    params_file: Path
-    """The effective settings (``params.yaml`` with the flow's overrides), for stage processes."""
     dvc: DvcStages | None
     tags: dict[str, str] = field(default_factory=dict)
     """Lineage tags for every MLflow run and model version: the Prefect flow run."""
@@ -99,25 +97,16 @@ def open_parent_task(run: PipelineRun) -> str:
 
 @task(name="train", task_run_name="train[{arch}]", **RETRY)
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
-    """The ``train@<arch>`` stage command in its own process (process-wide seeding, one per device)."""
-    args = [
-        "--params",
-        str(run.params_file),
-        "--arch",
-        arch,
-        "--prepared",
-        PREPARED,
-        "--out",
-        f"{MODELS}/{arch}",
-    ]
-    args += [f"--tag={key}={value}" for key, value in run.tags.items()]
+    """The ``train@<arch>`` stage command in its own process (under ``torchrun`` for several devices)."""
     env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
-    command = stage_command("pipelines.train", args)
-    return run_unless_up_to_date(
-        run.dvc,
-        f"train@{arch}",
-        lambda: run_stage_process(command, cwd=run.root, env=env, name=f"train@{arch}"),
-    )
+
+    def body() -> None:
+        launch_training(
+            run.params, arch, PREPARED, f"{MODELS}/{arch}", project_root=run.root, tags=run.tags, env=env,
+            on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
+        )  # fmt: skip
+
+    return run_unless_up_to_date(run.dvc, f"train@{arch}", body)
 
 
 @task(name="evaluate", task_run_name="evaluate[{arch}]", **RETRY)
@@ -193,12 +182,9 @@ def training_pipeline(
     root = Path(project_root).resolve()
     settings = effective_params(root / params_file, architectures, max_epochs, data_source, overrides)
     run_id = str(flow_run.id or "local")
-    work = root / ".work" / "flow" / run_id
-    work.mkdir(parents=True, exist_ok=True)
     run = PipelineRun(
         root=root,
         params=settings,
-        params_file=dump_params(settings, work / "params.yaml"),
         dvc=DvcStages.open(root, settings),
         tags={"prefect.flow_run_id": run_id, "prefect.flow_run_name": str(flow_run.name or "local")},
     )
@@ -228,7 +214,6 @@ def training_pipeline(
     stages = {**data_stages, **{name: future.result() for name, future in branches.items()}}
     skipped = sorted(name for name, did in stages.items() if not did)
     tracker.end_parent(parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none"})
-    shutil.rmtree(work, ignore_errors=True)
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}
 
 

@@ -23,13 +23,19 @@ def main(
     work: Annotated[Path, typer.Option(help="Folder for resumable checkpoints.")] = Path(".work"),
     tag: Annotated[list[str] | None, typer.Option(help="Extra MLflow run tag KEY=VALUE.")] = None,
 ) -> None:
-    """Validate the settings, train ``arch``, write its model folder and log the run to MLflow."""
+    """Validate the settings, train ``arch``, write its model folder and log the run to MLflow.
+
+    Runs unchanged as one process, or as every process of ``torchrun``, SLURM ``srun`` or
+    Lightning's ``ddp`` launcher; only global rank zero writes, logs and prints the summary line.
+    """
 
     def body() -> None:
         settings = load_params(params)
         chosen = architecture(arch)
         tags = run_tags(tag or [])
         result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work, tags=tags)
+        if result.global_rank != 0:
+            return
         info = result.info
         console.print(
             f"train@{arch}: {info['epochs']} epochs, {info['global_steps']} steps "

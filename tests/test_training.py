@@ -111,12 +111,36 @@ def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(
         torch.testing.assert_close(weights_resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+class StepLosses(Callback):
+    """The training loss of every optimizer step, kept as tensors (no host sync while training)."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        self.losses.append(outputs["loss"].detach())
+
+
 def test_in_memory_batches_and_the_dataloader_train_identically(digits_project: Path) -> None:
-    memory = _run(digits_project, "models/memory", _params(max_epochs=2, in_memory=True))
-    loader = _run(digits_project, "models/loader", _params(max_epochs=2, in_memory=False))
+    """Same seed: the device-resident path and the DataLoader path take the same steps with the same
+    losses (CPU tensors stand in for device tensors), and end with the same weights."""
+    steps_memory, steps_loader = StepLosses(), StepLosses()
+    memory = _run(
+        digits_project, "models/memory", _params(max_epochs=2, in_memory=True), callbacks=[steps_memory]
+    )
+    loader = _run(
+        digits_project, "models/loader", _params(max_epochs=2, in_memory=False), callbacks=[steps_loader]
+    )
+    assert len(steps_memory.losses) == len(steps_loader.losses) == 2 * STEPS_PER_EPOCH
+    torch.testing.assert_close(
+        torch.stack(steps_memory.losses), torch.stack(steps_loader.losses), rtol=0, atol=0
+    )
     for a, b in zip(memory.info["history"], loader.info["history"], strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    assert memory.info["weights_sha256"] == loader.info["weights_sha256"]
 
 
 def test_training_without_prepared_data_names_the_missing_manifest(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ Contents (the contract with evaluation and registration):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,19 @@ def write_model_folder(
     (folder / MODEL_CARD).write_text(dumps_json(card), encoding="utf-8")
     (folder / STATS).write_text(stats.to_json(), encoding="utf-8")
     (folder / TRAIN_INFO).write_text(dumps_json(info), encoding="utf-8")
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (layout-independent: NHWC = NCHW).
+
+    Equal digests mean bit-identical weights; DDP ranks compare theirs at the end of training.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

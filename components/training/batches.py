@@ -11,6 +11,16 @@ Both paths draw the same per-epoch order from :class:`EpochSampler` (a permutati
 
 Both are resumable: Lightning saves their ``state_dict`` in the checkpoint and restores it, so a
 run killed mid-epoch continues with the next unseen batch instead of restarting the epoch.
+
+Under DDP every rank draws the same epoch permutation and keeps its own slice of it (rank ``r`` of
+``W`` takes positions ``r, r+W, r+2W, ...``), so the two paths stay identical on every rank. For
+training the permutation is first cut to a multiple of ``W``: every rank gets the same number of
+distinct samples and so the same number of steps (up to ``W - 1`` samples sit out an epoch, a
+different few each epoch). Validation keeps every sample exactly once (slices differ by at most
+one sample; Lightning and torchmetrics weight the reduction by count). The Trainer is built with
+``use_distributed_sampler=False``: Lightning would otherwise wrap the ``DataLoader``'s sampler in
+its ``DistributedSamplerWrapper``, which re-shuffles it and breaks both the shared order and the
+mid-epoch resume.
 """
 
 from __future__ import annotations
@@ -26,35 +36,55 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class EpochSampler(Sampler[int]):
-    """Indices 0..n-1, permuted per epoch with a generator seeded by ``(seed, epoch)``.
+    """Indices 0..n-1, permuted per epoch with a generator seeded by ``(seed, epoch)``; this rank's slice.
 
     Lightning calls :meth:`set_epoch` before each epoch (it looks for ``loader.sampler``).
     ``skip`` drops the first indices of the next epoch's order once (resuming mid-epoch).
+    With ``world_size`` > 1 each rank keeps every ``world_size``-th index starting at ``rank``; ``even``
+    first cuts the permutation to a multiple of ``world_size`` so that all ranks get as many.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self, n: int, seed: int, shuffle: bool, *, rank: int = 0, world_size: int = 1, even: bool = True
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.n = n
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.even = even
         self.epoch = 0
         self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def order(self) -> torch.Tensor:
-        """This epoch's order as an int64 CPU tensor of length n."""
+    def full_order(self) -> torch.Tensor:
+        """This epoch's order over all ranks: an int64 CPU tensor of length n."""
         if not self.shuffle:
             return torch.arange(self.n)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=generator)
+
+    def order(self) -> torch.Tensor:
+        """This rank's share of the epoch's order (all of it in a single process)."""
+        order = self.full_order()  # (n,)
+        if self.world_size == 1:
+            return order
+        if self.even:
+            order = order[: self.n - self.n % self.world_size]  # (n // W * W,)
+        return order[self.rank :: self.world_size]  # (len(self),)
 
     def __iter__(self) -> Iterator[int]:
         skip, self.skip = self.skip, 0
         return iter(self.order()[skip:].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        if self.even:
+            return self.n // self.world_size
+        return len(range(self.rank, self.n, self.world_size))
 
 
 class _ResumePosition:
@@ -88,18 +118,29 @@ class _ResumePosition:
 class TensorBatches:
     """Batches gathered from tensors that already sit on the training device."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         self.x = x  # (N, ...) on the device
         self.y = y  # (N, K) on the device
         self.batch_size = batch_size
-        self.sampler = EpochSampler(len(x), seed, shuffle)  # Lightning calls sampler.set_epoch
+        # Lightning calls sampler.set_epoch. Training (shuffled) shares are even, validation's complete.
+        self.sampler = EpochSampler(len(x), seed, shuffle, rank=rank, world_size=world_size, even=shuffle)
         self.batch_sampler = None  # looked up next to ``sampler`` by Lightning's loader checks
         self._position = _ResumePosition()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.sampler.order().to(self.x.device)  # (N,) one small copy per epoch
@@ -139,13 +180,21 @@ class _ResumableLoader(DataLoader[tuple[torch.Tensor, ...]]):
 
 
 def streaming_loader(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, shuffle: bool, num_workers: int
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_workers: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
-    """A ``DataLoader`` with ``num_workers`` workers and the same order as :class:`TensorBatches`."""
+    """A ``DataLoader`` with ``num_workers`` workers and the same batches as :class:`TensorBatches`."""
     return _ResumableLoader(
         TensorDataset(x, y),
         batch_size=batch_size,
-        sampler=EpochSampler(len(x), seed, shuffle),
+        sampler=EpochSampler(len(x), seed, shuffle, rank=rank, world_size=world_size, even=shuffle),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),

@@ -1,4 +1,5 @@
-"""Lightning callbacks of the train stage: epoch history (to MLflow) and quiet progress lines."""
+"""Lightning callbacks of the train stage: epoch history (to MLflow), quiet progress lines, and the
+check that every DDP rank ends with the same weights."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
+
+from components.training.artifacts import weights_digest
 
 EPOCH_METRICS = ("train_loss", "train_acc", "train_f1_macro", "val_loss", "val_acc", "val_f1_macro")
 
@@ -63,3 +67,26 @@ class EpochLines(Callback):
             highlight=False,
             soft_wrap=True,
         )
+
+
+class ReplicaDigests(Callback):
+    """At the end of training, every rank hashes its network's weights and the hashes are gathered.
+
+    DDP keeps replicas identical by construction (same start, all-reduced gradients); this is the
+    evidence, recorded in ``train_info.json`` as ``replica_weights_sha256`` (one entry per rank, in
+    rank order). One collective per run; a single process just records its own digest.
+    """
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        network = pl_module.model
+        assert isinstance(network, torch.nn.Module)
+        mine = weights_digest(network.state_dict())
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, mine)
+            self.digests = [str(digest) for digest in gathered]
+        else:
+            self.digests = [mine]

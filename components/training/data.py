@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from components.config import TrainParams
+from components.errors import DataValidationError
 from components.training.batches import Batch, TensorBatches, streaming_loader
 
 Loader = TensorBatches | DataLoader[tuple[torch.Tensor, ...]]
@@ -20,6 +21,7 @@ class ClassificationData(L.LightningDataModule):
 
     With ``train.in_memory`` the tensors are moved once, in :meth:`setup`, to the device Lightning
     chose, and every batch is gathered there; otherwise a ``DataLoader`` with workers streams them.
+    Under DDP each rank gets its own slice of every epoch (see :mod:`components.training.batches`).
     """
 
     def __init__(
@@ -42,11 +44,18 @@ class ClassificationData(L.LightningDataModule):
             self._tensors[name] = (xt.to(device), yt.to(device)) if device else (xt, yt)
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> Loader:
+        """Batches of this rank's share of split ``name`` (training: equal shares; validation: all)."""
         x, y = self._tensors[name]
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if len(x) < world_size:
+            raise DataValidationError(
+                f"the {name} split", f"has {len(x)} samples, fewer than the {world_size} training processes"
+            )
         seed = self.params.seed
         if self.params.in_memory:
-            return TensorBatches(x, y, batch_size, seed=seed, shuffle=shuffle)
-        return streaming_loader(x, y, batch_size, seed, shuffle, self.params.num_workers)
+            return TensorBatches(x, y, batch_size, seed, shuffle, rank=rank, world_size=world_size)
+        workers = self.params.num_workers
+        return streaming_loader(x, y, batch_size, seed, shuffle, workers, rank=rank, world_size=world_size)
 
     def train_dataloader(self) -> Iterable[Batch]:
         return self._loader("train", self.params.batch_size, shuffle=True)

@@ -8,10 +8,17 @@ the same MLflow run. The work folder is removed once the output folder is in pla
 
 Output: ``models/<arch>/`` (see :mod:`components.training.artifacts`), written atomically; the
 weights are those of the epoch with the lowest validation loss.
+
+Multi-process (DDP): the same function runs in every process, started by ``torchrun``, SLURM
+``srun`` or Lightning's own ``ddp`` launcher (see :mod:`components.training.launch`). Every rank
+trains on its share of each epoch; only global rank zero opens and logs the MLflow run, writes the
+checkpoints (Lightning saves on rank zero) and the output folder, and removes the work folder. The
+other ranks return a :class:`TrainResult` with ``global_rank`` > 0 and an empty ``run_id``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -32,31 +39,47 @@ from components.data.prepared import data_version, load_prepared
 from components.errors import DataValidationError
 from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
-from components.tracking import Tracker, code_tags, experiment_name, flatten, pipeline_key
-from components.training.artifacts import WEIGHTS, write_model_folder
-from components.training.callbacks import EpochHistory, EpochLines
+from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, flatten, pipeline_key
+from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
+from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
 from components.training.data import ClassificationData
 from components.training.module import Classifier
+from components.training.speed import device_kind, float32_matmul_precision, resolve_precision, resolve_speed
 from components.training.trainer import build_trainer, checkpoint_callbacks
 
 RUN_FILE = "mlflow_run.json"
-# Settings that change how fast training runs but not what it computes.
-_SPEED_ONLY = {"architectures", "num_workers", "in_memory", "checkpoint_every_n_steps"}
+# Settings that change how fast training runs but not what it computes (beyond rounding).
+_SPEED_ONLY = {
+    "architectures",
+    "num_workers",
+    "in_memory",
+    "checkpoint_every_n_steps",
+    "strategy",
+    "channels_last",
+    "compile",
+}
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    model_dir: Path
-    run_id: str
+    model_dir: Path  # written by global rank zero only
+    run_id: str  # the MLflow run; "" on the other ranks
     info: dict[str, Any]
+    global_rank: int = 0
 
 
 def fingerprint(params: Params, arch: Architecture, version: str) -> str:
-    """Key of a training run: data version, architecture and the settings that shape the weights."""
+    """Key of a training run: data version, architecture and the settings that shape the weights.
+
+    ``precision: auto`` enters resolved (``bf16-mixed`` on a GPU, ``32-true`` on a CPU), so a run
+    is never resumed from a checkpoint trained at another precision.
+    """
+    train = params.train.model_dump(exclude=_SPEED_ONLY)
+    train["precision"] = resolve_precision(params.train.precision, device_kind(params.train.accelerator))
     payload = {
         "data_version": version,
         "architecture": arch,
-        "train": params.train.model_dump(exclude=_SPEED_ONLY),
+        "train": train,
         "model": getattr(params.models, arch).model_dump(),
     }
     return sha256_bytes(dumps_json(payload).encode())
@@ -102,7 +125,10 @@ def train(
     tags: Mapping[str, str] | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Train ``arch``, write ``out_dir`` atomically, record the run in MLflow; return what was made."""
+    """Train ``arch``, write ``out_dir`` atomically, record the run in MLflow; return what was made.
+
+    Under DDP every rank calls this; only global rank zero writes anything or talks to MLflow.
+    """
     prepared_dir, out_dir, project_root = Path(prepared_dir), Path(out_dir), Path(project_root)
     prepared = load_prepared(prepared_dir)
     for split in ("train", "val"):
@@ -117,9 +143,18 @@ def train(
     checkpoint_dir = work_dir / "checkpoints"
     resume_from = checkpoint_dir / "last.ckpt"
 
+    speed = resolve_speed(params.train, arch)
     L.seed_everything(params.train.seed, workers=True, verbose=False)
     network = build_model(arch, config)
-    module = Classifier(network, num_classes, params.train.learning_rate, params.train.weight_decay)
+    if speed.compile:
+        network.compile()  # in place: state_dict keys stay those of the plain network
+    module = Classifier(
+        network,
+        num_classes,
+        params.train.learning_rate,
+        params.train.weight_decay,
+        channels_last=speed.channels_last,
+    )
     train_split, val_split = prepared.splits["train"], prepared.splits["val"]
     data = ClassificationData(
         (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
@@ -127,43 +162,55 @@ def train(
 
     interactive = sys.stderr.isatty()
     history = EpochHistory()
+    replicas = ReplicaDigests()
     resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps)
-    every: list[Callback] = [history, resume_cb, best_cb, *callbacks]
+    every: list[Callback] = [history, replicas, resume_cb, best_cb, *callbacks]
     if not interactive:
         every.append(EpochLines(arch, Console(stderr=True)))
-    trainer = build_trainer(params.train, work_dir, every, interactive)
+    trainer = build_trainer(params.train, speed, work_dir, every, interactive)
+    # Known before fit under torchrun/srun (from their environment) and in the processes
+    # Lightning's ddp launcher starts (it sets LOCAL_RANK); the launching process is rank zero.
+    zero = trainer.is_global_zero
 
-    code = code_tags(project_root)
-    commit = code["git.commit"]
-    run_tags = {
-        "architecture": arch,
-        "data.source": params.data.source,
-        "data.version": version,
-        **code,
-        "train.fingerprint": key,
-        **(tags or {}),
-    }
-    tracker = Tracker.open(experiment_name(params), project_root)
-    run_level = {"architecture", "train.fingerprint"}
-    parent = tracker.parent_run(
-        pipeline_key(params, version, commit), {k: v for k, v in run_tags.items() if k not in run_level}
-    )
-    with tracker.child_run(parent, arch, run_tags, resume_run_id=_previous_run_id(work_dir)) as run:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work_dir / RUN_FILE, {"run_id": run.run_id})
-        run.log_params(run_params(params, arch))
-        history.sink = run.log_metrics
+    with contextlib.ExitStack() as stack:
+        run: TrackedRun | None = None
+        if zero:
+            code = code_tags(project_root)
+            run_tags = {
+                "architecture": arch,
+                "data.source": params.data.source,
+                "data.version": version,
+                **code,
+                "train.fingerprint": key,
+                **(tags or {}),
+            }
+            tracker = Tracker.open(experiment_name(params), project_root)
+            run_level = {"architecture", "train.fingerprint"}
+            parent = tracker.parent_run(
+                pipeline_key(params, version, code["git.commit"]),
+                {k: v for k, v in run_tags.items() if k not in run_level},
+            )
+            run = stack.enter_context(
+                tracker.child_run(parent, arch, run_tags, resume_run_id=_previous_run_id(work_dir))
+            )
+            work_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(work_dir / RUN_FILE, {"run_id": run.run_id})
+            run.log_params(run_params(params, arch))
+            history.sink = run.log_metrics
 
         started = time.perf_counter()
-        trainer.fit(
-            module,
-            datamodule=data,
-            ckpt_path=resume_from if resume_from.is_file() else None,
-            weights_only=True,
-        )
+        with float32_matmul_precision(speed.matmul_precision):
+            trainer.fit(
+                module,
+                datamodule=data,
+                ckpt_path=resume_from if resume_from.is_file() else None,
+                weights_only=True,
+            )
         fit_seconds = time.perf_counter() - started
         if trainer.interrupted:
             raise KeyboardInterrupt(f"training {arch} was interrupted")
+        if run is None:
+            return TrainResult(out_dir, "", {"architecture": arch}, global_rank=trainer.global_rank)
 
         weights = _best_weights(best_cb.best_model_path, module)
         steps_here = trainer.global_step - history.start_step
@@ -180,15 +227,25 @@ def train(
             if best_cb.best_model_score is not None
             else None,
             "fit_seconds": round(fit_seconds, 3),
-            "train_images_per_second": round(steps_here * params.train.batch_size / fit_seconds, 1)
+            "train_images_per_second": round(
+                steps_here * params.train.batch_size * trainer.world_size / fit_seconds, 1
+            )
             if steps_here
             else None,
             "device": str(trainer.strategy.root_device),
-            "precision": params.train.precision,
+            "world_size": trainer.world_size,
+            "num_nodes": trainer.num_nodes,
+            "strategy": type(trainer.strategy).__name__,
+            "precision": speed.precision,
+            "matmul_precision": speed.matmul_precision,
+            "channels_last": speed.channels_last,
+            "compile": speed.compile,
             "seed": params.train.seed,
             "data_version": version,
             "fingerprint": key,
-            "git_commit": commit,
+            "git_commit": code["git.commit"],
+            "weights_sha256": weights_digest(weights),
+            "replica_weights_sha256": replicas.digests,
             "mlflow": {
                 "tracking_uri": tracker.uri,
                 "experiment_id": tracker.experiment_id,
@@ -206,4 +263,4 @@ def train(
         run.log_metrics(size)
         run.log_artifacts(out_dir, "model_files")
     shutil.rmtree(work_dir, ignore_errors=True)
-    return TrainResult(out_dir, run.run_id, info)
+    return TrainResult(out_dir, run.run_id, info, global_rank=trainer.global_rank)

@@ -8,20 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from components.config import TrainParams
+from components.training.speed import SpeedSettings
 
 LAST = "last"
 BEST = "best"
-
-
-def runs_on_cpu(accelerator: str) -> bool:
-    """Whether ``accelerator`` resolves to the CPU on this machine (as Lightning's ``auto`` does)."""
-    if accelerator == "auto":
-        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    return accelerator == "cpu"
 
 
 def checkpoint_callbacks(folder: Path, every_n_steps: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
@@ -48,14 +41,20 @@ def checkpoint_callbacks(folder: Path, every_n_steps: int) -> tuple[ModelCheckpo
 
 def build_trainer(
     params: TrainParams,
+    speed: SpeedSettings,
     work_dir: Path,
     callbacks: Sequence[Callback],
     interactive: bool,
 ) -> L.Trainer:
-    """The Trainer: devices, precision, epochs, clipping, early stopping, checkpoints, progress.
+    """The Trainer: devices, nodes, strategy, precision, epochs, clipping, early stopping, checkpoints.
 
     Deterministic algorithms are switched on where they are cheap (the CPU); on GPUs they are
     requested with warnings only, as some CUDA kernels have no deterministic variant.
+
+    Under ``torchrun`` or SLURM ``srun`` Lightning detects the environment and joins the process
+    group the launcher set up (``devices * num_nodes`` must equal its world size); otherwise, with
+    several devices, Lightning's own ``ddp`` launcher starts the other processes. Batches are
+    sharded by :mod:`components.training.batches` itself, so Lightning must not add its sampler.
     """
     # Lightning 2.6 on torch 2.15 warns about torch's own pytree API on every fit: noise.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
@@ -73,10 +72,13 @@ def build_trainer(
         default_root_dir=work_dir,
         accelerator=params.accelerator,
         devices=params.devices,
-        precision=params.precision,
+        num_nodes=params.num_nodes,
+        strategy=params.strategy,
+        precision=speed.precision,  # type: ignore[arg-type]  # a Lightning precision string
+        use_distributed_sampler=False,
         max_epochs=params.max_epochs,
         gradient_clip_val=params.gradient_clip_val or None,
-        deterministic=True if runs_on_cpu(params.accelerator) else "warn",
+        deterministic=True if speed.device == "cpu" else "warn",
         callbacks=every,
         logger=False,
         enable_progress_bar=interactive,

@@ -1,0 +1,299 @@
+"""Training as a subprocess: ``python -m pipelines.train``, or ``torchrun ... -m pipelines.train``.
+
+The flow trains every architecture in a process of its own, even on one device: training seeds
+process-wide random generators and switches torch to deterministic algorithms, so two trainings
+in one process would change each other's results. One process per node runs the stage command
+itself (the command ``dvc.yaml`` runs); several run it under ``torchrun``.
+
+A Prefect task (or any in-process caller) cannot run DDP by calling :func:`~components.training.
+train.train` with several devices: Lightning's own launcher would re-run the caller's script once
+per rank. Instead, :func:`launch_training` starts PyTorch's elastic launcher (``torchrun``, run as
+``python -m torch.distributed.run`` with this interpreter) on the stage CLI, which runs unchanged in
+every process; Lightning detects the torchrun environment, rank zero writes ``models/<arch>/`` and
+the MLflow run, and this function returns once every rank has finished, or raises with the exit
+status and the last lines of output.
+
+The settings travel as a validated params file written to ``<work_root>/launch/`` (so overrides a
+flow applied in memory reach every rank); the parent MLflow run travels in ``PIPELINE_PARENT_RUN_ID``
+(pass it in ``env``) and extra run tags as ``--tag`` options.
+
+One node: ``torchrun --standalone``. Several nodes: call this on every node with the same
+:class:`Rendezvous` (host:port of a process on one of them, and a job id); torchrun's ``c10d``
+rendezvous assigns the ranks. On SLURM and Kubernetes the batch script / job manifest in ``infra/``
+start the processes themselves instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.config import Architecture, Params, TrainParams, dump_params
+from components.errors import EXIT_TRANSIENT, ParamsError, PipelineError, TransientError
+from components.training.artifacts import TRAIN_INFO
+from components.training.speed import device_kind
+
+LAUNCH_DIR = "launch"
+_TAIL_LINES = 40
+
+
+class TrainingLaunchError(PipelineError):
+    """The multi-process training command failed (non-zero exit, timeout or missing output)."""
+
+    def __init__(self, message: str, returncode: int | None, tail: Sequence[str]) -> None:
+        self.returncode = returncode
+        self.tail = list(tail)
+        shown = "\n".join(self.tail[-_TAIL_LINES:])
+        super().__init__(f"{message}\n--- last output lines ---\n{shown}" if shown else message)
+
+
+class TrainingUnavailable(TrainingLaunchError, TransientError):
+    """The training process could not reach a service it needs (exit code 75): worth a retry."""
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a multi-node run meet (``torchrun --rdzv-backend c10d``)."""
+
+    endpoint: str  # host:port reachable from every node, e.g. the first node's address and a free port
+    job_id: str  # the same string on every node of one run, different between runs
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What a finished launch produced."""
+
+    command: list[str]  # the command that ran
+    model_dir: Path  # written by global rank zero
+    info: dict[str, Any] | None  # models/<arch>/train_info.json; None on a node without rank zero
+    run_id: str | None  # the MLflow run rank zero logged to; None where info is None
+    seconds: float  # wall time of the whole launch (start-up of every process included)
+
+
+def processes_per_node(params: TrainParams) -> int:
+    """``train.devices`` as a count: ``auto`` is every visible CUDA GPU on a GPU machine, else 1.
+
+    Matches what Lightning's ``devices="auto"`` picks, which every rank checks against torchrun's
+    world size (``devices * num_nodes``).
+    """
+    if params.devices != "auto":
+        return params.devices
+    if device_kind(params.accelerator) == "cuda":
+        return max(torch.cuda.device_count(), 1)
+    return 1
+
+
+def needs_launcher(params: TrainParams) -> bool:
+    """Whether ``params`` train in more than one process (then call :func:`launch_training`)."""
+    return processes_per_node(params) > 1 or params.num_nodes > 1
+
+
+def torchrun_command(
+    arch: Architecture,
+    params_file: Path | str,
+    prepared_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    work_root: Path | str = ".work",
+    rendezvous: Rendezvous | None = None,
+    tags: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+) -> list[str]:
+    """The ``torchrun`` command line that runs ``pipelines.train`` in ``nproc_per_node`` processes.
+
+    ``nnodes`` > 1 needs a ``rendezvous``; one node uses ``--standalone`` (a free local port).
+    """
+    if nproc_per_node < 1 or nnodes < 1:
+        raise ParamsError(f"train.devices and train.num_nodes must be >= 1 (got {nproc_per_node}, {nnodes})")
+    command = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
+    if nnodes == 1 and rendezvous is None:
+        command += ["--standalone", "--nnodes=1"]
+    elif rendezvous is None:
+        raise ParamsError(
+            f"train.num_nodes: {nnodes} nodes need a rendezvous endpoint (host:port reachable from "
+            "every node) and a job id; or start the processes with SLURM/Kubernetes (infra/)"
+        )
+    else:
+        command += [
+            f"--nnodes={nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous.endpoint}",
+            f"--rdzv-id={rendezvous.job_id}",
+        ]
+    return command + stage_args(arch, params_file, prepared_dir, out_dir, work_root, tags)
+
+
+def stage_args(
+    arch: Architecture,
+    params_file: Path | str,
+    prepared_dir: Path | str,
+    out_dir: Path | str,
+    work_root: Path | str = ".work",
+    tags: Mapping[str, str] | None = None,
+) -> list[str]:
+    """``-m pipelines.train ...``: the train stage command after the interpreter (or torchrun)."""
+    command = ["-m", "pipelines.train", "--arch", arch, "--params", str(params_file)]
+    command += ["--prepared", str(prepared_dir), "--out", str(out_dir), "--work", str(work_root)]
+    for key, value in (tags or {}).items():
+        command += ["--tag", f"{key}={value}"]
+    return command
+
+
+def write_launch_params(params: Params, arch: Architecture, work_root: Path | str) -> Path:
+    """The validated settings as ``<work_root>/launch/<arch>-params.yaml``, for every rank to load."""
+    path = Path(work_root) / LAUNCH_DIR / f"{arch}-params.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return dump_params(params, path)
+
+
+def _stderr_line(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def run_streaming(
+    command: Sequence[str],
+    *,
+    cwd: Path | str,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None] = _stderr_line,
+    timeout_s: float | None = None,
+) -> None:
+    """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line`` as it comes.
+
+    Raises :class:`TrainingLaunchError` with the exit status and the last lines on failure. On a
+    timeout or an interrupt the whole process group (torchrun and its workers) gets SIGTERM, then
+    SIGKILL after 30 s.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    process = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # its own process group, so a stop reaches every rank
+    )
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+
+    reader = threading.Thread(target=pump, name="launch-output", daemon=True)
+    reader.start()
+    try:
+        returncode = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        reader.join(timeout=5)
+        raise TrainingLaunchError(
+            f"training did not finish within {timeout_s:g} s: {' '.join(command)}", None, tail
+        ) from None
+    except BaseException:
+        _stop(process)
+        raise
+    reader.join()
+    if returncode == EXIT_TRANSIENT:
+        raise TrainingUnavailable(
+            f"training could not reach a service: {' '.join(command)}", returncode, tail
+        )
+    if returncode != 0:
+        raise TrainingLaunchError(
+            f"training exited with status {returncode}: {' '.join(command)}", returncode, tail
+        )
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to the process group, SIGKILL if it is still there after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def launch_training(
+    params: Params,
+    arch: Architecture,
+    prepared_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    work_root: Path | str = ".work",
+    project_root: Path | str = ".",
+    tags: Mapping[str, str] | None = None,
+    rendezvous: Rendezvous | None = None,
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] = _stderr_line,
+    timeout_s: float | None = None,
+) -> LaunchResult:
+    """Train ``arch`` in a subprocess: the stage command, or ``torchrun`` when ``train.devices`` or
+    ``train.num_nodes`` ask for more than one process.
+
+    Same arguments as :func:`~components.training.train.train`, plus where several nodes meet,
+    extra environment for the ranks (``MLFLOW_TRACKING_URI``, ``PIPELINE_PARENT_RUN_ID``, ...), a
+    line sink for their output (default: this process's stderr) and an optional time limit.
+    Relative paths are taken from ``project_root``, the processes' working directory.
+    Raises :class:`TrainingLaunchError` if any rank fails, :class:`ParamsError` on a bad setup.
+    """
+    project_root = Path(project_root)
+    params_file = write_launch_params(params, arch, project_root / work_root)
+    if needs_launcher(params.train) or rendezvous is not None:
+        command = torchrun_command(
+            arch,
+            params_file.resolve(),
+            prepared_dir,
+            out_dir,
+            nproc_per_node=processes_per_node(params.train),
+            nnodes=params.train.num_nodes,
+            work_root=work_root,
+            rendezvous=rendezvous,
+            tags=tags,
+        )
+    else:  # one process: the stage command itself
+        command = [
+            sys.executable,
+            *stage_args(arch, params_file.resolve(), prepared_dir, out_dir, work_root, tags),
+        ]
+    wall_start, started = time.time(), time.perf_counter()
+    run_streaming(
+        command,
+        cwd=project_root,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        on_line=on_line,
+        timeout_s=timeout_s,
+    )
+    seconds = time.perf_counter() - started
+    params_file.unlink(missing_ok=True)
+    model_dir = project_root / out_dir
+    info_file = model_dir / TRAIN_INFO
+    info: dict[str, Any] | None = None
+    if info_file.is_file() and info_file.stat().st_mtime >= wall_start - 1:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    elif rendezvous is None:  # one node: rank zero ran here and must have written the folder
+        raise TrainingLaunchError(f"training finished but wrote no new {info_file}", 0, [])
+    run_id = str(info["mlflow"]["run_id"]) if info else None
+    return LaunchResult(command, model_dir, info, run_id, round(seconds, 3))

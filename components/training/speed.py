@@ -1,0 +1,81 @@
+"""The speed settings of ``train`` resolved for the device training runs on.
+
+``params.yaml`` may say ``auto`` for precision, float32 matmul precision and ``channels_last``; the
+right value depends on the device (bfloat16 and TF32 help on a recent NVIDIA GPU and change nothing
+useful on a CPU, where exact fp32 keeps results reproducible). This module turns the settings into
+concrete values once, before the Trainer is built, so the run records what it actually used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from components.config import Accelerator, TrainParams
+
+DeviceKind = Literal["cpu", "cuda", "mps"]
+
+
+def device_kind(accelerator: Accelerator) -> DeviceKind:
+    """The device type Lightning picks for ``accelerator`` on this machine (``auto``: CUDA, MPS, CPU)."""
+    if accelerator == "cuda":
+        return "cuda"
+    if accelerator in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        # ``gpu`` without a GPU: Lightning itself raises when the Trainer is built.
+        return "cuda" if accelerator == "gpu" else "cpu"
+    return "mps" if accelerator == "mps" else "cpu"
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Concrete values of the ``auto``-able speed settings for one architecture on one device."""
+
+    device: DeviceKind
+    precision: str  # a Lightning precision, never "auto"
+    matmul_precision: str  # "highest" | "high" | "medium"
+    channels_last: bool  # NHWC weights and inputs (cnn only)
+    compile: bool  # torch.compile the network
+
+
+def resolve_precision(precision: str, device: DeviceKind) -> str:
+    """``auto`` -> ``bf16-mixed`` on a CUDA device with bfloat16 support, else ``32-true``."""
+    if precision != "auto":
+        return precision
+    if device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resolve_speed(params: TrainParams, arch: str) -> SpeedSettings:
+    """Resolve every ``auto`` in ``params`` for ``arch`` on the device ``params.accelerator`` selects."""
+    device = device_kind(params.accelerator)
+    matmul = params.matmul_precision
+    if matmul == "auto":
+        matmul = "high" if device == "cuda" else "highest"
+    channels_last = device == "cuda" if params.channels_last == "auto" else params.channels_last
+    return SpeedSettings(
+        device=device,
+        precision=resolve_precision(params.precision, device),
+        matmul_precision=matmul,
+        channels_last=channels_last and arch == "cnn",
+        compile=params.compile,
+    )
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(value: str) -> Iterator[None]:
+    """Set ``torch.set_float32_matmul_precision`` for the block and restore the previous value."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(value)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -1,0 +1,229 @@
+"""Multi-process training: rank sharding of both batch paths, rank detection under each launcher,
+the launch component, and a real two-process DDP run on CPU (gloo) through ``torchrun``."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.fabric.plugins.environments import (
+    LightningEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
+from lightning.fabric.utilities import rank_zero as fabric_rank_zero
+from lightning.pytorch.utilities import rank_zero as pytorch_rank_zero
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from components.config import TrainParams, validate_params
+from components.errors import ParamsError
+from components.training.artifacts import WEIGHTS, weights_digest
+from components.training.batches import EpochSampler, TensorBatches, streaming_loader
+from components.training.launch import (
+    Rendezvous,
+    TrainingLaunchError,
+    launch_training,
+    run_streaming,
+    torchrun_command,
+)
+from components.training.speed import resolve_speed
+from components.training.trainer import build_trainer
+from tests.conftest import prepare_digits, tiny_params
+
+DIGITS_TRAIN = 1257  # rows of the digits train split
+
+
+@pytest.mark.parametrize("n", [10, 11, 1257])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_training_shares_are_disjoint_equal_and_drawn_from_one_permutation(n: int, world_size: int) -> None:
+    single = EpochSampler(n, seed=7, shuffle=True)
+    single.set_epoch(3)
+    shards = []
+    for rank in range(world_size):
+        sampler = EpochSampler(n, seed=7, shuffle=True, rank=rank, world_size=world_size)
+        sampler.set_epoch(3)
+        shards.append(list(sampler))
+        assert len(sampler) == len(shards[-1]) == n // world_size
+    taken = [i for shard in shards for i in shard]
+    assert len(set(taken)) == len(taken) == n // world_size * world_size  # distinct across ranks
+    # Interleaved slices of the single-process order, cut to a multiple of the world size.
+    assert sorted(taken) == sorted(single.order()[: len(taken)].tolist())
+    assert shards[0] == single.order()[: len(taken)][0::world_size].tolist()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_validation_shares_cover_every_sample_once(world_size: int) -> None:
+    n = 11
+    samplers = [
+        EpochSampler(n, 0, shuffle=False, rank=r, world_size=world_size, even=False)
+        for r in range(world_size)
+    ]
+    shards = [list(sampler) for sampler in samplers]
+    assert [len(shard) for shard in shards] == [len(sampler) for sampler in samplers]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))
+
+
+def test_one_process_keeps_the_whole_epoch_in_the_same_order() -> None:
+    sampler = EpochSampler(1257, seed=0, shuffle=True)
+    generator = torch.Generator().manual_seed(0 * 1_000_003 + 0)
+    assert list(sampler) == torch.randperm(1257, generator=generator).tolist()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_both_batch_paths_serve_the_same_batches_to_each_rank(rank: int) -> None:
+    x = torch.arange(101 * 3, dtype=torch.float32).reshape(101, 3)  # (N, 3)
+    y = torch.nn.functional.one_hot(torch.arange(101) % 4, 4).float()  # (N, 4)
+    memory = TensorBatches(x, y, 16, seed=5, shuffle=True, rank=rank, world_size=2)
+    loader = streaming_loader(x, y, 16, seed=5, shuffle=True, num_workers=0, rank=rank, world_size=2)
+    for epoch in (0, 1):
+        memory.sampler.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        a, b = list(memory), list(loader)
+        assert len(a) == len(b) == len(memory) == math.ceil(50 / 16)
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb)
+            assert torch.equal(ya, yb)
+
+
+@pytest.fixture
+def restore_rank_zero() -> Iterator[None]:
+    """Building a Trainer for rank 1 sets Lightning's process-wide ``rank_zero_only.rank``; undo it."""
+    saved = pytorch_rank_zero.rank_zero_only.rank, fabric_rank_zero.rank_zero_only.rank
+    yield
+    pytorch_rank_zero.rank_zero_only.rank, fabric_rank_zero.rank_zero_only.rank = saved
+
+
+LAUNCHER_ENV = {
+    "torchrun": (
+        TorchElasticEnvironment,
+        {
+            "TORCHELASTIC_RUN_ID": "t",
+            "RANK": "1",
+            "LOCAL_RANK": "1",
+            "GROUP_RANK": "0",
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29999",
+        },
+    ),
+    "srun": (
+        SLURMEnvironment,
+        {
+            "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "2",
+            "SLURM_NNODES": "1",
+            "SLURM_PROCID": "1",
+            "SLURM_LOCALID": "1",
+            "SLURM_NODEID": "0",
+            "SLURM_JOB_ID": "42",
+            "SLURM_JOB_NAME": "train",
+            "SLURM_NODELIST": "node01",
+        },
+    ),
+    # A process started by Lightning's own ``ddp`` launcher (the launching process is rank 0).
+    "lightning-ddp": (LightningEnvironment, {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}),
+}
+
+
+@pytest.mark.usefixtures("restore_rank_zero")
+@pytest.mark.parametrize("launcher", sorted(LAUNCHER_ENV))
+def test_the_trainer_knows_its_rank_before_fit_under_each_launcher(
+    launcher: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train`` decides who writes and logs from ``trainer.is_global_zero`` before ``fit``."""
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    environment_type, env = LAUNCHER_ENV[launcher]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    params = TrainParams(accelerator="cpu", devices=2, strategy="ddp")
+    trainer = build_trainer(params, resolve_speed(params, "mlp"), tmp_path, [], interactive=False)
+    assert isinstance(trainer.strategy.cluster_environment, environment_type)
+    assert (trainer.global_rank, trainer.world_size, trainer.is_global_zero) == (1, 2, False)
+
+
+def test_torchrun_command_runs_the_stage_cli_on_one_node_or_several() -> None:
+    one = torchrun_command("cnn", "p.yaml", "data/prepared", "models/cnn", nproc_per_node=4, python="py")
+    assert one[:5] == ["py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone"]
+    assert one[one.index("-m", 3) : one.index("-m", 3) + 4] == ["-m", "pipelines.train", "--arch", "cnn"]
+    many = torchrun_command(
+        "cnn",
+        "p.yaml",
+        "data/prepared",
+        "models/cnn",
+        nproc_per_node=8,
+        nnodes=2,
+        rendezvous=Rendezvous("node0:29400", "job-1"),
+        tags={"flow_run": "abc"},
+    )
+    assert "--nnodes=2" in many
+    assert "--rdzv-endpoint=node0:29400" in many
+    assert many[-2:] == ["--tag", "flow_run=abc"]
+    with pytest.raises(ParamsError, match=r"train\.num_nodes: 2 nodes need a rendezvous"):
+        torchrun_command("cnn", "p.yaml", "d", "m", nproc_per_node=8, nnodes=2)
+
+
+def test_a_failing_launch_raises_with_its_status_and_last_lines(tmp_path: Path) -> None:
+    seen: list[str] = []
+    script = "import sys; print('rank 1 failed: out of memory'); sys.exit(3)"
+    with pytest.raises(TrainingLaunchError, match="status 3") as info:
+        run_streaming([sys.executable, "-c", script], cwd=tmp_path, env={}, on_line=seen.append)
+    assert info.value.returncode == 3
+    assert "rank 1 failed: out of memory" in str(info.value)
+    assert seen == ["rank 1 failed: out of memory"]
+    with pytest.raises(TrainingLaunchError, match=r"did not finish within 0\.5 s"):
+        run_streaming(
+            [sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, env={}, timeout_s=0.5
+        )
+
+
+def test_two_ddp_processes_train_one_model_and_log_one_run(tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2`` on CPU (gloo): both ranks finish, each trained on half of every
+    epoch, rank zero alone wrote the output and the MLflow run, and the saved weights are the ones
+    every rank ended with."""
+    prepare_digits(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = validate_params(
+        tiny_params(max_epochs=2, early_stopping_patience=0, accelerator="cpu", devices=2, strategy="ddp")
+    )
+    lines: list[str] = []
+    result = launch_training(
+        params,
+        "mlp",
+        "data/prepared",
+        "models/mlp",
+        project_root=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+        on_line=lines.append,
+        timeout_s=240,
+    )
+    info = result.info
+    assert info is not None
+    assert info["world_size"] == 2
+    steps_per_epoch = math.ceil(DIGITS_TRAIN // 2 / params.train.batch_size)  # half the single-process 10
+    assert info["global_steps"] == 2 * steps_per_epoch == 10
+
+    # The last epoch was the best, so the saved weights are the final ones; every rank held exactly these.
+    assert info["best_val_loss"] == info["history"][-1]["val_loss"]
+    saved = weights_digest(load_file(str(tmp_path / "models" / "mlp" / WEIGHTS)))
+    assert info["replica_weights_sha256"] == [saved, saved]
+
+    # One writer: one output folder, no leftovers, one summary line and one line per epoch.
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["mlp"]
+    assert not list((tmp_path / ".work").glob("train/*"))
+    assert sum("train@mlp:" in line for line in lines) == 1
+    assert sum("mlp: epoch 1/2" in line for line in lines) == 1
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([info["mlflow"]["experiment_id"]])
+    children = [run for run in runs if run.data.tags.get("architecture") == "mlp"]
+    assert len(runs) == 2, "expected one parent and one child run"
+    assert [run.info.run_id for run in children] == [result.run_id]
+    assert children[0].info.status == "FINISHED"
+    assert children[0].data.params["train.devices"] == "2"

@@ -1,0 +1,91 @@
+"""GPU-only behaviour of the train stage: bf16 by default, NHWC for the CNN, torch.compile, and no
+host synchronisation inside a training step. Skipped without CUDA (``-m gpu`` selects them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from components.config import TrainParams, validate_params
+from components.training.speed import resolve_speed
+from components.training.train import train
+from tests.conftest import tiny_params
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("tracking_uri"),
+]
+
+
+class NoHostSyncInSteps(Callback):
+    """Makes any device-to-host synchronisation between a step's start and end an error.
+
+    ``torch.cuda.set_sync_debug_mode("error")`` raises on ``.item()``, ``.cpu()``, ``nonzero`` and
+    the like, so a step that waits on the GPU fails the run.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        torch.cuda.set_sync_debug_mode("error")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        self.steps += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def _train(root: Path, arch: str, **settings: Any) -> Any:
+    params = validate_params(tiny_params(max_epochs=2, early_stopping_patience=0, **settings))
+    checker = NoHostSyncInSteps()
+    result = train(
+        params,
+        arch,  # type: ignore[arg-type]
+        root / "data" / "prepared",
+        root / "models" / arch,
+        work_root=root / ".work",
+        project_root=root,
+        callbacks=[checker],
+    )
+    return result, checker
+
+
+def test_auto_settings_pick_bf16_tf32_and_nhwc_on_cuda() -> None:
+    speed = resolve_speed(TrainParams(), "cnn")
+    assert speed.device == "cuda"
+    assert speed.precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
+    assert (speed.matmul_precision, speed.channels_last, speed.compile) == ("high", True, False)
+    assert resolve_speed(TrainParams(), "mlp").channels_last is False
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm", "transformer"])
+def test_training_steps_never_wait_on_the_host(digits_project: Path, arch: str) -> None:
+    result, checker = _train(digits_project, arch)
+    assert checker.steps == result.info["global_steps"] > 0
+    assert result.info["device"].startswith("cuda")
+    assert result.info["precision"] == resolve_speed(TrainParams(), arch).precision
+
+
+def test_cnn_trains_channels_last_in_bf16(digits_project: Path) -> None:
+    result, _ = _train(digits_project, "cnn", channels_last=True, precision="bf16-mixed")
+    assert result.info["channels_last"] is True
+    assert result.info["precision"] == "bf16-mixed"
+    assert result.info["history"][-1]["train_loss"] < result.info["history"][0]["train_loss"]
+
+
+def test_compiled_cnn_trains_and_saves_plain_weights(digits_project: Path) -> None:
+    from components.training.artifacts import load_trained_model
+
+    result, _ = _train(digits_project, "cnn", compile=True)
+    assert result.info["compile"] is True
+    trained = load_trained_model(result.model_dir)  # plain state_dict keys, loads into an uncompiled CNN
+    assert trained.architecture == "cnn"
