@@ -65,6 +65,30 @@ def tracking_uri(project_root: Path | str = ".") -> str:
     return f"sqlite:///{(Path(project_root) / DEFAULT_DB).resolve()}"
 
 
+@contextlib.contextmanager
+def fluent_tracking(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``, ``register_model``,
+    ``pyfunc.load_model``) at ``uri`` for the block, then restore what was there.
+
+    ``mlflow.set_tracking_uri`` changes process-wide state and also writes ``MLFLOW_TRACKING_URI``
+    into the environment; both are put back, so a caller's own setting survives.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # the module holding the global URI
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    global_before = utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = global_before
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
 def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/"))
 

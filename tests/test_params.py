@@ -67,6 +67,7 @@ def test_public_keys_keep_their_names() -> None:
         "evaluate",
         "register",
         "mlflow",
+        "schedule",
     }
 
 
@@ -175,6 +176,14 @@ MALFORMED: dict[str, tuple[str, list[str]]] = {
     "duplicate_key": (
         "train:\n  max_epochs: 3\n  max_epochs: 4\n",
         ["YAML syntax error", "max_epochs", "twice"],
+    ),
+    "cron_not_a_schedule": (
+        "schedule:\n  cron: 'every night'\n",
+        ["schedule.cron", "not a valid cron expression"],
+    ),
+    "unknown_time_zone": (
+        "schedule:\n  timezone: Mars/Olympus\n",
+        ["schedule.timezone", "unknown time zone"],
     ),
     "top_level_list": (
         "- data\n- train\n",

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,6 +116,29 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
         wait_for(lambda: http_ok(f"{mlflow_uri}/health"), 120, "mlflow server", mlflow_process)
         wait_for(lambda: http_ok(f"{prefect_api}/health"), 120, "prefect server", prefect_process)
 
+        # A cluster deployment: registered for a work pool with the cron schedule from params.yaml.
+        for command in (
+            [str(BIN / "prefect"), "work-pool", "create", "trial-pool", "--type", "process"],
+            [
+                sys.executable,
+                "-m",
+                "flows.deploy",
+                "work-pool",
+                "--pool",
+                "trial-pool",
+                "--source",
+                str(project),
+            ],
+        ):
+            created = subprocess.run(
+                command, cwd=project, env=env, capture_output=True, text=True, timeout=120
+            )
+            assert created.returncode == 0, created.stdout + created.stderr
+        (deployment,) = _post(f"{prefect_api}/deployments/filter", {})
+        assert deployment["work_pool_name"] == "trial-pool"
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [params["schedule"]["cron"]]
+
+        # One machine: the deployment served from a process, every 5 s instead of the cron schedule.
         serve = [
             sys.executable,
             "-m",
@@ -176,13 +200,15 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
         )
 
 
-def _completed_scheduled_runs(api: str) -> int:
-    """Completed runs of the served deployment that the scheduler created."""
+def _post(url: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(
-        f"{api}/flow_runs/filter",
-        data=json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode(),
-        headers={"Content-Type": "application/json"},
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        runs = json.loads(response.read())
+        return json.loads(response.read())
+
+
+def _completed_scheduled_runs(api: str) -> int:
+    """Completed runs of a deployment that the scheduler created."""
+    runs = _post(f"{api}/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
     return sum(1 for run in runs if run.get("deployment_id") and run.get("auto_scheduled"))

@@ -43,7 +43,7 @@ from components.errors import DataValidationError
 from components.evaluation.metrics import classification_metrics
 from components.hashing import sha256_file
 from components.registry.exported import PROGRAM_FILE, export_program, save_program
-from components.tracking import Tracker, code_tags, experiment_name, tracking_error
+from components.tracking import Tracker, code_tags, experiment_name, fluent_tracking, tracking_error
 from components.training.artifacts import WEIGHTS, load_trained_model
 
 CHAMPION = "champion"
@@ -143,8 +143,8 @@ def register(
     class_names = prepared.stats.class_names
     pixels = raw_pixels(test, prepared.stats)
 
-    with _LOCK:
-        tracker = Tracker.open(experiment_name(params), project_root)
+    tracker = Tracker.open(experiment_name(params), project_root)
+    with _LOCK, fluent_tracking(tracker.uri):
         client = tracker.client
         try:
             _ensure_registered_model(client, name, params)
@@ -239,7 +239,6 @@ def _log_and_register(
         run_id = tracker.client.create_run(
             tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
         ).info.run_id
-    mlflow.set_tracking_uri(tracker.uri)
     with tempfile.TemporaryDirectory() as tmp:
         program = save_program(export_program(trained.model.cpu(), trained.stats), Path(tmp) / PROGRAM_FILE)
         meta = Path(tmp) / "meta.json"
