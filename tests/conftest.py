@@ -24,6 +24,16 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+# The longest test files start first, so that `pytest -n 2 --dist loadfile` (make test) does not
+# end with one worker running a long file alone. A stable sort: order inside a file is kept.
+_LONGEST_FIRST = ("test_servers.py", "test_flow.py", "test_distributed.py", "test_dvc_repro.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # Model sizes small enough that every architecture trains in a second on a CPU.
 TINY_MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"hidden_sizes": [32]},

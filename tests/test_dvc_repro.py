@@ -19,7 +19,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return clone_project(tmp_path_factory.mktemp("clone"))
 
 
-OUTPUT_FOLDERS = ("data/raw", "data/prepared", "models/", "reports/")
+OUTPUT_FOLDERS = ("data/raw", "data/prepared", "models", "reports/")
 
 
 def test_committed_dvc_lock_matches_the_code_and_params(clone: Path) -> None:
