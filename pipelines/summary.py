@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -42,7 +43,8 @@ def print_summary(
     """The prepared-data table, the results table (champion marked) and how to open the MLflow UI."""
     settings = load_params(params)
     reports = reports or root / "reports"
-    console = Console()
+    # Logs and CI are not terminals: rich would fit the table into 80 columns and cut names.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(prepared_table(prepared or root / "data" / "prepared"))
     chosen = list(architectures or settings.train.architectures)
     console.print(results_table(chosen, models or root / "models", reports, reports / REPORT))

@@ -121,6 +121,19 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
     plots = dvc(project, "plots", "show", "--json").stdout
     assert all(f"reports/{arch}/predictions.csv" in plots for arch in ARCHS)
 
+    # A flow-parameter override detaches exactly the stages that read the key, and what follows.
+    from components.config import load_params
+    from components.dvc_sync import DvcStages
+
+    stages = DvcStages.open(project, load_params(project / "params.yaml", {"train.max_epochs": 9}))
+    assert stages is not None
+    detached = {
+        s: stages.detached(s) for s in ("ingest", "preprocess", "train@mlp", "evaluate@cnn", "register")
+    }
+    assert detached == {
+        "ingest": False, "preprocess": False, "train@mlp": True, "evaluate@cnn": True, "register": True
+    }  # fmt: skip
+
 
 def test_dvc_repro_rebuilds_what_the_flow_built(project: Path, first_run: tuple[str, dict[str, Any]]) -> None:
     files = [

@@ -12,6 +12,7 @@ from components.data.manifest import MANIFEST, read_manifest
 from components.data.normalize import Normalization
 from components.data.preprocess import STATS
 from components.data.tensorfile import load_arrays
+from components.errors import DataValidationError
 from components.hashing import sha256_file
 
 
@@ -50,3 +51,11 @@ def load_prepared(folder: Path | str) -> PreparedData:
 def data_version(folder: Path | str) -> str:
     """Version of the prepared data: the sha256 of its manifest (which holds every file's sha256)."""
     return sha256_file(Path(folder) / MANIFEST)
+
+
+def require_split(prepared: PreparedData, name: str, folder: Path | str) -> PreparedSplit:
+    """Split ``name``; a missing or empty one is an error naming ``folder``."""
+    split = prepared.splits.get(name)
+    if split is None or len(split.x) == 0:
+        raise DataValidationError(folder, f"the {name} split is missing or empty")
+    return split

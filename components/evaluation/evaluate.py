@@ -21,13 +21,12 @@ import torch
 
 from components.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from components.config import Architecture, Params
-from components.data.prepared import data_version, load_prepared
-from components.errors import DataValidationError
+from components.data.prepared import load_prepared, require_split
 from components.evaluation.inference import predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.evaluation.plots import confusion_png, predictions_csv
 from components.tracking import Tracker, code_tags, experiment_name, pipeline_key
-from components.training.artifacts import load_trained_model
+from components.training.artifacts import check_same_data, load_trained_model
 
 METRICS = "metrics.json"
 REPORT = "classification_report.json"
@@ -54,20 +53,10 @@ def evaluate(
     """Evaluate ``model_dir`` on the test split of ``prepared_dir``; return the summary metrics."""
     prepared_dir, model_dir, out_dir = Path(prepared_dir), Path(model_dir), Path(out_dir)
     prepared = load_prepared(prepared_dir)
-    test = prepared.splits.get("test")
-    if test is None or len(test.x) == 0:
-        raise DataValidationError(prepared_dir, "the test split is missing or empty")
+    test = require_split(prepared, "test", prepared_dir)
     device = evaluation_device(params)
     trained = load_trained_model(model_dir, device)
-    version = data_version(prepared_dir)
-    if trained.info.get("data_version") != version:
-        raise DataValidationError(
-            model_dir,
-            f"was trained on data version {trained.info.get('data_version')}, "
-            f"but {prepared_dir} is {version}; re-run train@{arch} first",
-        )
-    if trained.stats.class_names != prepared.stats.class_names:
-        raise DataValidationError(model_dir, "class names differ from the prepared data's")
+    version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
 
     x = torch.from_numpy(test.x).to(device)  # (N, C, H, W), normalised
     result = predict(trained.model, x, params.evaluate.batch_size)

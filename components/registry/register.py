@@ -38,13 +38,12 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from components.atomic import atomic_write_json
 from components.config import Architecture, Params
 from components.data.normalize import Normalization
-from components.data.prepared import PreparedSplit, data_version, load_prepared
-from components.errors import DataValidationError
+from components.data.prepared import PreparedSplit, load_prepared, require_split
 from components.evaluation.metrics import classification_metrics
 from components.hashing import sha256_file
 from components.registry.exported import PROGRAM_FILE, export_program, save_program
 from components.tracking import Tracker, code_tags, experiment_name, fluent_tracking, tracking_error
-from components.training.artifacts import WEIGHTS, load_trained_model
+from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -127,16 +126,8 @@ def register(
     model_dir, prepared_dir = Path(model_dir), Path(prepared_dir)
     trained = load_trained_model(model_dir)
     prepared = load_prepared(prepared_dir)
-    test = prepared.splits.get("test")
-    if test is None or len(test.x) == 0:
-        raise DataValidationError(prepared_dir, "the test split is missing or empty")
-    version = data_version(prepared_dir)
-    if trained.info.get("data_version") != version:
-        raise DataValidationError(
-            model_dir,
-            f"was trained on data version {trained.info.get('data_version')}, "
-            f"but {prepared_dir} is {version}",
-        )
+    test = require_split(prepared, "test", prepared_dir)
+    version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
     weights_sha = sha256_file(model_dir / WEIGHTS)
     name = registered_model_name(params)
     metric = params.register.metric

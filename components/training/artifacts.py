@@ -23,6 +23,7 @@ from torch import nn
 
 from components.atomic import dumps_json
 from components.data.normalize import Normalization
+from components.data.prepared import PreparedData, data_version
 from components.errors import DataValidationError
 from components.models import ModelConfig, build_model, config_from_dict, config_to_dict
 
@@ -119,3 +120,21 @@ def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -
         ) from None
     model.eval()
     return TrainedModel(architecture, config, model, stats, info, folder)
+
+
+def check_same_data(trained: TrainedModel, prepared: PreparedData, prepared_dir: Path, hint: str = "") -> str:
+    """The prepared data's version, after checking ``trained`` was trained on exactly that data.
+
+    A model is only evaluated or registered on the test split of the data it was trained on (a
+    different split could hold its training images). ``hint`` is appended to the error.
+    """
+    version = data_version(prepared_dir)
+    if trained.info.get("data_version") != version:
+        raise DataValidationError(
+            trained.folder,
+            f"was trained on data version {trained.info.get('data_version')}, but {prepared_dir} is {version}"
+            + (f"; {hint}" if hint else ""),
+        )
+    if trained.stats.class_names != prepared.stats.class_names:
+        raise DataValidationError(trained.folder, "class names differ from the prepared data's")
+    return version

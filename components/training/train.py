@@ -35,8 +35,7 @@ from rich.console import Console
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.config import Architecture, Params
-from components.data.prepared import data_version, load_prepared
-from components.errors import DataValidationError
+from components.data.prepared import data_version, load_prepared, require_split
 from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
 from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, flatten, pipeline_key
@@ -132,8 +131,7 @@ def train(
     prepared_dir, out_dir, project_root = Path(prepared_dir), Path(out_dir), Path(project_root)
     prepared = load_prepared(prepared_dir)
     for split in ("train", "val"):
-        if split not in prepared.splits or len(prepared.splits[split].x) == 0:
-            raise DataValidationError(prepared_dir, f"the {split} split is missing or empty")
+        require_split(prepared, split, prepared_dir)
     version = data_version(prepared_dir)
     stats = prepared.stats
     num_classes = len(stats.class_names)

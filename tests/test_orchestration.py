@@ -1,0 +1,60 @@
+"""The flow's wiring rules that need no server: which failures retry, overrides, exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+from prefect.states import Completed, Failed
+
+from components.errors import DataValidationError, ParamsError, is_transient
+from components.tracking import TrackingError, TrackingUnavailable, tracking_error
+from components.training.launch import TrainingLaunchError, TrainingUnavailable, run_streaming
+from flows.pipeline import effective_params, only_transient
+from tests.conftest import REPO
+
+
+def test_only_a_service_that_did_not_answer_is_retried() -> None:
+    down = MlflowException("API request to http://127.0.0.1:5000/api failed: Max retries exceeded")
+    assert is_transient(down)
+    assert isinstance(tracking_error("http://127.0.0.1:5000", down), TrackingUnavailable)
+    refused = MlflowException("RESOURCE_DOES_NOT_EXIST: experiment 7 does not exist")
+    assert not is_transient(refused)
+    assert type(tracking_error("http://127.0.0.1:5000", refused)) is TrackingError
+
+    def state(error: BaseException) -> Failed:  # type: ignore[type-arg]
+        return Failed(data=error)
+
+    assert only_transient(None, None, state(TrackingUnavailable("down")))  # type: ignore[arg-type]
+    assert only_transient(None, None, state(ConnectionError("reset")))  # type: ignore[arg-type]
+    assert not only_transient(None, None, state(ParamsError("train.max_epochs: bad")))  # type: ignore[arg-type]
+    assert not only_transient(None, None, state(DataValidationError("x.npz", "bad")))  # type: ignore[arg-type]
+    assert not only_transient(None, None, state(ValueError("a bug")))  # type: ignore[arg-type]
+    assert not only_transient(None, None, Completed(data=1))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "retried"), [(75, TrainingUnavailable, True), (2, TrainingLaunchError, False)]
+)
+def test_stage_process_exit_codes_map_to_retry_or_not(
+    code: int, error: type[Exception], retried: bool
+) -> None:
+    command = [sys.executable, "-c", f"print('stage says why'); raise SystemExit({code})"]
+    lines: list[str] = []
+    with pytest.raises(error) as raised:
+        run_streaming(command, cwd=Path.cwd(), env={}, on_line=lines.append)
+    assert is_transient(raised.value) is retried
+    assert "stage says why" in str(raised.value)
+    assert lines == ["stage says why"]
+
+
+def test_flow_parameters_override_params_yaml_through_the_same_schema() -> None:
+    settings = effective_params(REPO / "params.yaml", ["cnn"], 3, None, {"train.batch_size": 32})
+    assert settings.train.architectures == ["cnn"]
+    assert (settings.train.max_epochs, settings.train.batch_size) == (3, 32)
+    with pytest.raises(ParamsError, match=r"train\.max_epochs"):
+        effective_params(REPO / "params.yaml", None, 0, None, None)
+    with pytest.raises(ParamsError, match="architectures"):
+        effective_params(REPO / "params.yaml", ["resnet"], None, None, None)
