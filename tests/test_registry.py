@@ -14,6 +14,8 @@ from mlflow import MlflowClient
 
 from components.config import Params, validate_params
 from components.data.prepared import load_prepared
+from components.errors import TransientError
+from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
 from components.registry.register import (
     CHALLENGER,
     CHAMPION,
@@ -88,6 +90,7 @@ def test_champion_moves_only_to_a_better_model_and_registration_is_idempotent(
     again = register(params, "mlp", models[2], prepared, project_root=digits_project, tags=lineage)
     assert again == middle
     assert _versions(name) == ["1", "2", "3"]
+    assert not client.search_registered_models(f"name = '{lock_name(name)}'")  # the lease was let go
 
     # Lineage: from the version to the code, the data and the flow run that made it.
     version = client.get_model_version(name, best.version)
@@ -183,3 +186,23 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     with pytest.raises(DataValidationError, match=r"wrong\.npz.*shape \[1, 8, 8\]"):
         predict_file(uri, tmp_path / "wrong.npz", tmp_path / "wrong.csv")
     assert not (tmp_path / "wrong.csv").exists()
+
+
+def test_registry_lease_keeps_out_a_second_holder_and_breaks_an_expired_one(tracking_uri: str) -> None:
+    client = MlflowClient(tracking_uri)
+    with registry_lease(client, "leased") as holder:
+        held = client.get_registered_model(lock_name("leased"))
+        assert held.tags[HOLDER_TAG] == holder
+        with (
+            pytest.raises(TransientError, match=f"locked by {holder}"),
+            registry_lease(client, "leased", wait_s=0.3, poll_s=0.1),
+        ):
+            pytest.fail("a second holder got the lease")
+        assert client.get_registered_model(lock_name("leased")).tags[HOLDER_TAG] == holder
+    assert not client.search_registered_models(f"name = '{lock_name('leased')}'")
+
+    # A holder that died long ago left its lock: it has expired, so the next holder takes over at once.
+    client.create_registered_model(lock_name("leased"), tags={HOLDER_TAG: "gone:1:x", EXPIRES_TAG: "0"})
+    with registry_lease(client, "leased", wait_s=5) as holder:
+        assert client.get_registered_model(lock_name("leased")).tags[HOLDER_TAG] == holder != "gone:1:x"
+    assert not client.search_registered_models(f"name = '{lock_name('leased')}'")

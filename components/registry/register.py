@@ -14,6 +14,10 @@ The function behind the ``register`` stage (and the flow's register tasks). For 
 
 Idempotent: a version is identified by the sha256 of its weights, so registering the same weights
 again adds no version and returns the decision recorded the first time.
+
+Safe under concurrency: steps 2 and 3 run under a lease on the registered model
+(:mod:`components.registry.lease`), so two pipelines registering into one tracking server at once
+neither duplicate a version nor leave the worse model as ``champion``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from components.data.prepared import PreparedSplit, load_prepared, require_split
 from components.evaluation.metrics import classification_metrics
 from components.hashing import sha256_file
 from components.registry.exported import PROGRAM_FILE, export_program, save_program
+from components.registry.lease import registry_lease
 from components.tracking import Tracker, code_tags, experiment_name, fluent_tracking, tracking_error
 from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
 
@@ -56,7 +61,7 @@ DECISION_TAG = "registry.decision"
 REASON_TAG = "registry.reason"
 # The wrapper's predict has no type hints on purpose (the signature is explicit); MLflow says so.
 _HINT_WARNING = ".*Add type hints to the `predict` method"
-# One registration at a time in this process: the champion check-and-move must not interleave.
+# One registration at a time in this process (threads of one flow wait here rather than poll the lease).
 _LOCK = threading.Lock()
 
 
@@ -128,69 +133,100 @@ def register(
     prepared = load_prepared(prepared_dir)
     test = require_split(prepared, "test", prepared_dir)
     version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
-    weights_sha = sha256_file(model_dir / WEIGHTS)
-    name = registered_model_name(params)
-    metric = params.register.metric
-    class_names = prepared.stats.class_names
-    pixels = raw_pixels(test, prepared.stats)
-
+    candidate = _Candidate(
+        arch=arch,
+        trained=trained,
+        test=test,
+        pixels=raw_pixels(test, prepared.stats),
+        class_names=list(prepared.stats.class_names),
+        data_version=version,
+        weights_sha=sha256_file(model_dir / WEIGHTS),
+    )
     tracker = Tracker.open(experiment_name(params), project_root)
     with _LOCK, fluent_tracking(tracker.uri):
-        client = tracker.client
         try:
-            _ensure_registered_model(client, name, params)
-            existing = _version_with_weights(client, name, weights_sha)
-            if existing is not None and existing.tags.get(DECISION_TAG):
-                return _recorded_decision(existing, arch, metric)
-            if existing is None:
-                version_tags = {
-                    "architecture": arch,
-                    "data.source": params.data.source,
-                    "data.version": version,
-                    WEIGHTS_TAG: weights_sha,
-                    **code_tags(project_root),
-                    **(tags or {}),
-                }
-                existing = _log_and_register(tracker, trained, name, pixels, version_tags)
-            new = existing.version
-            client.set_registered_model_alias(name, CHALLENGER, new)
-            value = score(f"models:/{name}/{new}", pixels, test.labels, metric, class_names)
-            champion = _alias_version(client, name, CHAMPION)
-            champion_value: float | None = None
-            if champion is None:
-                promoted, reason = True, f"no {CHAMPION} yet"
-            else:
-                try:
-                    champion_value = score(
-                        f"models:/{name}/{champion.version}", pixels, test.labels, metric, class_names
-                    )
-                except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
-                    promoted = True
-                    reason = f"{CHAMPION} v{champion.version} could not be scored on this test data ({exc})"
-                else:
-                    promoted = value > champion_value
-                    comparison = "beats" if promoted else "does not beat"
-                    reason = (
-                        f"{metric} {value:.4f} {comparison} {CHAMPION} v{champion.version}'s "
-                        f"{champion_value:.4f} on the same test data (data version {version[:12]})"
-                    )
-            if promoted:
-                client.set_registered_model_alias(name, CHAMPION, new)
-            decision = Decision(
-                architecture=arch,
-                model_name=name,
-                version=str(new),
-                weights_sha256=weights_sha,
-                metric=metric,
-                value=value,
-                previous_champion=str(champion.version) if champion else None,
-                previous_champion_value=champion_value,
-                promoted=promoted,
-                reason=reason,
-            )
-            _record(client, decision, existing.run_id)
+            with registry_lease(tracker.client, registered_model_name(params)):
+                decision = _register_under_lease(tracker, params, candidate, project_root, tags)
         except MlflowException as exc:
             raise tracking_error(tracker.uri, exc) from exc
+    return decision
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A trained model about to be registered, and the test data it is judged on."""
+
+    arch: Architecture
+    trained: Any
+    test: PreparedSplit
+    pixels: np.ndarray  # (N, *image_shape) float32 raw pixels of the test split
+    class_names: list[str]
+    data_version: str
+    weights_sha: str
+
+
+def _register_under_lease(
+    tracker: Tracker,
+    params: Params,
+    candidate: _Candidate,
+    project_root: Path | str,
+    tags: Mapping[str, str] | None,
+) -> Decision:
+    """Steps 2 and 3 of the module docstring; the caller holds the registry lease."""
+    client = tracker.client
+    name = registered_model_name(params)
+    metric = params.register.metric
+    arch, weights_sha, version = candidate.arch, candidate.weights_sha, candidate.data_version
+    pixels, labels, class_names = candidate.pixels, candidate.test.labels, candidate.class_names
+    _ensure_registered_model(client, name, params)
+    existing = _version_with_weights(client, name, weights_sha)
+    if existing is not None and existing.tags.get(DECISION_TAG):
+        return _recorded_decision(existing, arch, metric)
+    if existing is None:
+        version_tags = {
+            "architecture": arch,
+            "data.source": params.data.source,
+            "data.version": version,
+            WEIGHTS_TAG: weights_sha,
+            **code_tags(project_root),
+            **(tags or {}),
+        }
+        existing = _log_and_register(tracker, candidate.trained, name, pixels, version_tags)
+    new = existing.version
+    client.set_registered_model_alias(name, CHALLENGER, new)
+    value = score(f"models:/{name}/{new}", pixels, labels, metric, class_names)
+    champion = _alias_version(client, name, CHAMPION)
+    champion_value: float | None = None
+    if champion is None:
+        promoted, reason = True, f"no {CHAMPION} yet"
+    else:
+        try:
+            champion_value = score(f"models:/{name}/{champion.version}", pixels, labels, metric, class_names)
+        except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
+            promoted = True
+            reason = f"{CHAMPION} v{champion.version} could not be scored on this test data ({exc})"
+        else:
+            promoted = value > champion_value
+            comparison = "beats" if promoted else "does not beat"
+            reason = (
+                f"{metric} {value:.4f} {comparison} {CHAMPION} v{champion.version}'s "
+                f"{champion_value:.4f} on the same test data (data version {version[:12]})"
+            )
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, new)
+    decision = Decision(
+        architecture=arch,
+        model_name=name,
+        version=str(new),
+        weights_sha256=weights_sha,
+        metric=metric,
+        value=value,
+        previous_champion=str(champion.version) if champion else None,
+        previous_champion_value=champion_value,
+        promoted=promoted,
+        reason=reason,
+    )
+    _record(client, decision, existing.run_id)
     return decision
 
 
