@@ -15,7 +15,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Never fetch a Python interpreter: use the machine's.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint format clean
+.PHONY: install postgres run test lint format clean
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv \
@@ -23,10 +23,18 @@ install:
 		|| python3 -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen
 
+# tests/test_postgres.py needs PostgreSQL's server binaries: install Debian's package when they are
+# missing and this runs as root with apt-get; otherwise those tests skip and say why.
+postgres:
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+			&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+		|| echo "PostgreSQL is not installed: tests/test_postgres.py will skip"
+
 run: install
 	$(UV) run python -m flows.pipeline
 
-test: install
+test: install postgres
 	$(UV) run ruff check .
 	$(UV) run mypy
 	$(UV) run pytest -n 2 --dist loadfile

@@ -26,7 +26,13 @@ for key, value in {
 
 # The longest test files start first, so that `pytest -n 2 --dist loadfile` (make test) does not
 # end with one worker running a long file alone. A stable sort: order inside a file is kept.
-_LONGEST_FIRST = ("test_servers.py", "test_flow.py", "test_distributed.py", "test_dvc_repro.py")
+_LONGEST_FIRST = (
+    "test_servers.py",
+    "test_flow.py",
+    "test_postgres.py",
+    "test_distributed.py",
+    "test_dvc_repro.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,6 +7,7 @@ training stages run as the real stage processes; MLflow logs to the copy's own S
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,4 +173,22 @@ def test_rerun_redoes_nothing_and_more_epochs_retrain_and_register(
     for decision in decisions:
         previous = decision["previous_champion_value"]
         assert decision["promoted"] == (previous is None or decision["value"] > previous), decision
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
+def test_dvc_push_to_the_default_remote_and_pull_back_into_an_empty_cache(
+    project: Path, first_run: tuple[str, dict[str, Any]]
+) -> None:
+    outputs = ["data/raw", "data/prepared", *(f"models/{arch}" for arch in ARCHS)]  # DVC's cached outs
+    weights = (project / "models/mlp/weights.safetensors").read_bytes()
+    dvc(project, "push")
+    store = project.parent / "classifier-pipeline-dvc-remote"  # .dvc/config: ../../ from .dvc/
+    assert len([f for f in store.rglob("*") if f.is_file()]) > 0
+
+    shutil.rmtree(project / ".dvc" / "cache")
+    for name in outputs:
+        shutil.rmtree(project / name)
+    assert json.loads(dvc(project, "status", "--json").stdout) != {}
+    dvc(project, "pull")
+    assert (project / "models/mlp/weights.safetensors").read_bytes() == weights
     assert json.loads(dvc(project, "status", "--json").stdout) == {}

@@ -6,18 +6,11 @@ Ports are chosen at run time, every wait is bounded, and every process is stoppe
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,55 +20,23 @@ from components.data.prepared import load_prepared
 from components.registry.register import raw_pixels
 from tests.conftest import tiny_params
 from tests.dvcproject import clone_project
+from tests.servers import (
+    BIN,
+    completed_scheduled_runs,
+    free_port,
+    http_ok,
+    mlflow_server_command,
+    post_json,
+    prefect_server_command,
+    serve_command,
+    service_env,
+    started,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = "digits-classifier"
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what}: the process exited with code {process.returncode}")
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(1)
-    pytest.fail(f"{what}: not ready after {timeout:.0f} s")
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return bool(response.status == 200)
-
-
-@contextlib.contextmanager
-def started(
-    command: list[str], log: Path, cwd: Path, env: dict[str, str]
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``command`` in its own process group; stop the whole group on exit."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(tmp_path: Path) -> None:
@@ -85,30 +46,11 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
     mlflow_port, prefect_port, model_port = free_port(), free_port(), free_port()
     mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
     prefect_api = f"http://127.0.0.1:{prefect_port}/api"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": prefect_api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_TRACKING_URI": mlflow_uri,
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PYTHONPATH", None)
-    mlflow_server = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts"), "--serve-artifacts",
-    ]  # fmt: skip
-    prefect_server = [
-        str(BIN / "prefect"),
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(prefect_port),
-    ]
+    env = service_env(tmp_path, mlflow_uri, prefect_api)
+    mlflow_server = mlflow_server_command(
+        mlflow_port, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts"
+    )
+    prefect_server = prefect_server_command(prefect_port)
     with (
         started(mlflow_server, tmp_path / "mlflow.log", tmp_path, env) as mlflow_process,
         started(prefect_server, tmp_path / "prefect.log", tmp_path, env) as prefect_process,
@@ -134,24 +76,14 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
                 command, cwd=project, env=env, capture_output=True, text=True, timeout=120
             )
             assert created.returncode == 0, created.stdout + created.stderr
-        (deployment,) = _post(f"{prefect_api}/deployments/filter", {})
+        (deployment,) = post_json(f"{prefect_api}/deployments/filter", {})
         assert deployment["work_pool_name"] == "trial-pool"
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [params["schedule"]["cron"]]
 
         # One machine: the deployment served from a process, every 5 s instead of the cron schedule.
-        serve = [
-            sys.executable,
-            "-m",
-            "flows.deploy",
-            "serve",
-            "--project-root",
-            str(project),
-            "--interval",
-            "5",
-        ]
-        with started(serve, tmp_path / "serve.log", project, env) as serve_process:
+        with started(serve_command(project, 5), tmp_path / "serve.log", project, env) as serve_process:
             wait_for(
-                lambda: _completed_scheduled_runs(prefect_api) > 0,
+                lambda: completed_scheduled_runs(prefect_api) > 0,
                 300,
                 f"a completed scheduled flow run (log: {tmp_path / 'serve.log'})",
                 serve_process,
@@ -198,17 +130,3 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
         assert np.allclose(
             [row["probability"] for row in answer["predictions"]], local["probability"], atol=1e-6
         )
-
-
-def _post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _completed_scheduled_runs(api: str) -> int:
-    """Completed runs of a deployment that the scheduler created."""
-    runs = _post(f"{api}/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
-    return sum(1 for run in runs if run.get("deployment_id") and run.get("auto_scheduled"))

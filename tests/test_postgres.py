@@ -1,0 +1,231 @@
+"""Shared services on a real PostgreSQL: MLflow and Prefect servers on it, two pipelines at once.
+
+A PostgreSQL server (Debian's ``postgresql`` package; ``make test`` installs it when it can) is
+started here on a free loopback port in a temporary data directory. On it run an ``mlflow server``
+(its own database, proxied artifacts) and a ``prefect server`` (another database), exactly as
+``infra/compose.yaml`` wires them. Two pipelines then run at the same time against both servers: the
+deployment served with a short interval (a scheduled run) in one copy of the project and a flow run
+started by hand in another. Everything is read back through the servers' REST APIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import tiny_params
+from tests.dvcproject import clone_project
+from tests.servers import (
+    completed_flow_runs,
+    completed_scheduled_runs,
+    free_port,
+    get_json,
+    http_ok,
+    mlflow_server_command,
+    post_json,
+    prefect_server_command,
+    serve_command,
+    service_env,
+    started,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAME = "digits-classifier"
+DB_USER = "pipeline"
+
+
+def postgres_bindir() -> Path | None:
+    """The folder holding initdb and pg_ctl: on PATH, else Debian's newest /usr/lib/postgresql/*/bin."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return candidates[-1].parent if candidates else None
+
+
+@dataclass(frozen=True)
+class Postgres:
+    port: int
+
+    def url(self, database: str, driver: str = "") -> str:
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{DB_USER}@127.0.0.1:{self.port}/{database}"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A throw-away PostgreSQL cluster on loopback with databases ``mlflow`` and ``prefect``."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found; `make test` installs Debian's "
+            "postgresql package when it runs as root with apt-get, or install it yourself"
+        )
+    # PostgreSQL refuses to run as root: as root, run it as the package's `postgres` user, in a
+    # folder that user owns (pytest's own temp folders are private to root).
+    as_user: list[str] = []
+    home = Path(tempfile.mkdtemp(prefix="pipeline-pg-"))
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None or _uid("postgres") is None:
+            pytest.skip("running as root without a `postgres` user and runuser to start PostgreSQL as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(home, "postgres", "postgres")
+    data, port = home / "data", free_port()
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, "-A", "trust", "-E", "UTF8")
+    server_options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", server_options, "-l", str(home / "log"), "-w", "start")
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user=DB_USER, dbname="postgres")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            for database in ("mlflow", "prefect"):
+                cursor.execute(f"CREATE DATABASE {database}")
+        connection.close()
+        yield Postgres(port)
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _uid(user: str) -> int | None:
+    import pwd
+
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(user).pw_uid
+    return None
+
+
+@dataclass(frozen=True)
+class Services:
+    mlflow_uri: str
+    prefect_api: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def services(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """``mlflow server`` and ``prefect server`` on the PostgreSQL above, as infra/compose.yaml runs them."""
+    tmp = tmp_path_factory.mktemp("services")
+    mlflow_port, prefect_port = free_port(), free_port()
+    mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
+    prefect_api = f"http://127.0.0.1:{prefect_port}/api"
+    env = service_env(tmp, mlflow_uri, prefect_api)
+    prefect_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url("prefect", "asyncpg")}
+    mlflow_server = mlflow_server_command(mlflow_port, postgres.url("mlflow", "psycopg2"), tmp / "artifacts")
+    with (
+        started(mlflow_server, tmp / "mlflow.log", tmp, env) as mlflow_process,
+        started(prefect_server_command(prefect_port), tmp / "prefect.log", tmp, prefect_env) as prefect,
+    ):
+        wait_for(lambda: http_ok(f"{mlflow_uri}/health"), 180, "mlflow server on PostgreSQL", mlflow_process)
+        wait_for(lambda: http_ok(f"{prefect_api}/health"), 180, "prefect server on PostgreSQL", prefect)
+        yield Services(mlflow_uri, prefect_api, env)
+
+
+@pytest.fixture(scope="module")
+def two_pipelines(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A scheduled run of the served deployment and a hand-started flow run, at the same time."""
+    tmp = tmp_path_factory.mktemp("two-pipelines")
+    params = tiny_params(max_epochs=1)
+    params["train"]["architectures"] = ["mlp"]
+    scheduled, by_hand = clone_project(tmp / "scheduled", params), clone_project(tmp / "by-hand", params)
+    direct = [sys.executable, "-m", "flows.pipeline", "--no-summary"]
+    with (
+        started(serve_command(scheduled, 5), tmp / "serve.log", scheduled, services.env) as serve,
+        started(direct, tmp / "by-hand.log", by_hand, services.env) as flow,
+    ):
+        wait_for(lambda: flow.poll() is not None, 400, "the flow run started by hand", serve)
+        assert flow.wait() == 0, (tmp / "by-hand.log").read_text()[-3000:]
+        wait_for(
+            lambda: completed_scheduled_runs(services.prefect_api) > 0,
+            300,
+            f"a completed scheduled flow run (log: {tmp / 'serve.log'})",
+            serve,
+        )
+    return {"scheduled": scheduled, "by-hand": by_hand}
+
+
+def _mlflow(services: Services, path: str, **query: str) -> Any:
+    return get_json(f"{services.mlflow_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}")
+
+
+def test_a_served_deployment_runs_on_schedule_against_prefect_on_postgres(
+    services: Services, two_pipelines: dict[str, Path]
+) -> None:
+    runs = completed_flow_runs(services.prefect_api)
+    assert any(run["deployment_id"] and run["auto_scheduled"] for run in runs)
+    assert any(not run["deployment_id"] for run in runs)  # the one started by hand
+    (deployment,) = post_json(f"{services.prefect_api}/deployments/filter", {})
+    assert deployment["name"] == "scheduled"
+
+
+def _the_two_flow_runs(services: Services) -> dict[str, str]:
+    """Flow-run ids of the hand-started run and of the first scheduled run.
+
+    (The served deployment keeps scheduling runs every 5 s; later ones find everything up to date.)
+    """
+    runs = completed_flow_runs(services.prefect_api)
+    scheduled = sorted((r for r in runs if r["deployment_id"]), key=lambda r: r["start_time"])
+    (by_hand,) = [r for r in runs if not r["deployment_id"]]
+    return {"scheduled": scheduled[0]["id"], "by-hand": by_hand["id"]}
+
+
+def test_both_pipelines_are_recorded_in_mlflow_on_postgres(
+    services: Services, two_pipelines: dict[str, Path]
+) -> None:
+    experiment = _mlflow(services, "experiments/get-by-name", experiment_name="digits")["experiment"]
+    found = post_json(
+        f"{services.mlflow_uri}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000},
+    )["runs"]
+    by_flow_run: dict[str, list[dict[str, Any]]] = {}
+    for run in found:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        by_flow_run.setdefault(tags.get("prefect.flow_run_id", ""), []).append(run)
+    for which, flow_run_id in _the_two_flow_runs(services).items():
+        assert (two_pipelines[which] / "models/mlp/weights.safetensors").is_file()
+        runs = by_flow_run.get(flow_run_id, [])
+        metrics = [{m["key"] for m in run["data"].get("metrics", [])} for run in runs]
+        assert any("test_accuracy" in keys for keys in metrics), (which, flow_run_id, sorted(by_flow_run))
+        assert len(runs) == 2, (which, runs)  # the flow's parent run and the mlp child run
+        assert {run["info"]["status"] for run in runs} == {"FINISHED"}, which
+
+
+def test_the_registry_stays_consistent_when_two_pipelines_register_at_once(
+    services: Services, two_pipelines: dict[str, Path]
+) -> None:
+    from components.hashing import sha256_file
+
+    weights = {sha256_file(p / "models/mlp/weights.safetensors") for p in two_pipelines.values()}
+    found = _mlflow(services, "model-versions/search", filter=f"name = '{MODEL_NAME}'", max_results="100")
+    versions = found["model_versions"]
+    tags = [{t["key"]: t["value"] for t in v.get("tags", [])} for v in versions]
+    # One version per distinct set of weights, however the two registrations interleaved.
+    assert sorted(t["weights.sha256"] for t in tags) == sorted(weights)
+    assert all(t.get("registry.decision") in {"promoted", "kept"} for t in tags)
+    champion = _mlflow(services, "registered-models/alias", name=MODEL_NAME, alias="champion")
+    best = max(float(t["registry.value"]) for t in tags)
+    champion_tags = {t["key"]: t["value"] for t in champion["model_version"].get("tags", [])}
+    assert float(champion_tags["registry.value"]) == best
+    # The lease was let go: no lock model is left behind.
+    models = _mlflow(services, "registered-models/search")
+    assert [m["name"] for m in models.get("registered_models", [])] == [MODEL_NAME]
