@@ -195,9 +195,10 @@ class Tracker:
             raise tracking_error(uri, exc) from exc
         return cls(client, uri, experiment_id)
 
-    def parent_run(self, key: str, tags: Mapping[str, str]) -> str:
-        """The parent run: ``PIPELINE_PARENT_RUN_ID`` if set, else the run tagged with ``key``."""
-        given = os.environ.get(PARENT_ENV, "").strip()
+    def parent_run(self, key: str, tags: Mapping[str, str], given: str | None = None) -> str:
+        """The parent run: ``given`` (a flow's own parent), else ``PIPELINE_PARENT_RUN_ID`` if set,
+        else the run tagged with ``key`` (created the first time)."""
+        given = (given or os.environ.get(PARENT_ENV, "")).strip()
         if given:
             return given
         found = self.client.search_runs(

@@ -1,11 +1,16 @@
 """The whole pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate -> register) x arch.
 
-Wiring only: every task calls the component function its DVC stage calls (training through the
-stage's own command, in a process of its own; see :mod:`components.training.launch`). DVC stays the
+Wiring only: every task calls the component function its DVC stage calls. Training on one device
+runs in this process, one architecture at a time (training seeds process-wide random generators and
+sets torch's deterministic mode, so two at once would change each other's results); training on
+several devices or nodes runs the stage's own command under ``torchrun`` (see
+:mod:`components.training.launch`). DVC stays the
 record: a stage DVC reports up to date is skipped, and each stage that ran is committed to
 ``dvc.lock`` (see :mod:`components.dvc_sync`), so ``dvc status`` is clean after a flow run.
 
-- Architectures run concurrently; each one's evaluate starts when its own training is done.
+- Architectures are submitted concurrently and each one's evaluate starts when its own training is
+  done; the in-process work (one-device training, evaluate, register) takes turns, so results do
+  not depend on timing, while ``torchrun`` trainings run side by side in their own processes.
   Registrations run one at a time in ``train.architectures`` order (version numbers and the
   champion among equals do not depend on which training finished first).
 - Retries only for transient failures (a tracking server that did not answer), never bad input.
@@ -19,9 +24,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from prefect import allow_failure, flow, get_run_logger, task
@@ -41,10 +48,12 @@ from components.errors import is_transient
 from components.evaluation.evaluate import evaluate
 from components.registry.register import Decision, champion_version, register, write_report
 from components.tracking import PARENT_ENV, Tracker, code_tags, experiment_name
-from components.training.launch import launch_training
+from components.training.launch import launch_training, needs_launcher
+from components.training.train import train
 
 FLOW_NAME = "training-pipeline"
-RAW, PREPARED, MODELS, REPORTS = "data/raw", "data/prepared", "models", "reports"
+T = TypeVar("T")
+RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
 REGISTRATION = "reports/registration.json"
 
 
@@ -95,17 +104,37 @@ def open_parent_task(run: PipelineRun) -> str:
     )
 
 
+# In-process stage work (train, evaluate, register) one task at a time. Training reseeds and draws
+# from torch's process-wide random generator (dropout); loading a model in another thread draws
+# from it too (layer initialisation), which would make results depend on timing, unlike dvc repro.
+_TORCH_WORK = threading.Lock()
+
+
+def _one_at_a_time(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    with _TORCH_WORK:
+        return function(*args, **kwargs)
+
+
 @task(name="train", task_run_name="train[{arch}]", **RETRY)
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
-    """The ``train@<arch>`` stage command in its own process (under ``torchrun`` for several devices)."""
-    env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
+    """``train@<arch>``: in this process on one device, the stage command under ``torchrun`` on several."""
+    out = f"{MODELS}/{arch}"
 
-    def body() -> None:
+    def launched() -> None:
+        env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
         launch_training(
-            run.params, arch, PREPARED, f"{MODELS}/{arch}", project_root=run.root, tags=run.tags, env=env,
+            run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags, env=env,
             on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
         )  # fmt: skip
 
+    def in_process() -> None:
+        with _TORCH_WORK:
+            train(
+                run.params, arch, run.path(PREPARED), run.path(out), work_root=run.path(WORK),
+                project_root=run.root, tags=run.tags, parent_run_id=run.parent_run_id, progress_bar=False,
+            )  # fmt: skip
+
+    body = launched if needs_launcher(run.params.train) else in_process
     return run_unless_up_to_date(run.dvc, f"train@{arch}", body)
 
 
@@ -114,7 +143,8 @@ def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
     return run_unless_up_to_date(
         run.dvc,
         f"evaluate@{arch}",
-        lambda: evaluate(
+        lambda: _one_at_a_time(
+            evaluate,
             run.params,
             arch,
             run.path(PREPARED),
@@ -127,7 +157,8 @@ def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
 
 @task(name="register", task_run_name="register[{arch}]", **RETRY)
 def register_task(run: PipelineRun, arch: Architecture) -> Decision:
-    decision = register(
+    decision = _one_at_a_time(
+        register,
         run.params,
         arch,
         run.path(f"{MODELS}/{arch}"),

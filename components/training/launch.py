@@ -1,9 +1,8 @@
 """Training as a subprocess: ``python -m pipelines.train``, or ``torchrun ... -m pipelines.train``.
 
-The flow trains every architecture in a process of its own, even on one device: training seeds
-process-wide random generators and switches torch to deterministic algorithms, so two trainings
-in one process would change each other's results. One process per node runs the stage command
-itself (the command ``dvc.yaml`` runs); several run it under ``torchrun``.
+The flow trains on one device in its own process (one training at a time, see
+:mod:`flows.pipeline`) and calls this for several devices or nodes. One process per node runs the
+stage command itself (the command ``dvc.yaml`` runs); several run it under ``torchrun``.
 
 A Prefect task (or any in-process caller) cannot run DDP by calling :func:`~components.training.
 train.train` with several devices: Lightning's own launcher would re-run the caller's script once

@@ -122,11 +122,16 @@ def train(
     work_root: Path | str = ".work",
     project_root: Path | str = ".",
     tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    progress_bar: bool | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``arch``, write ``out_dir`` atomically, record the run in MLflow; return what was made.
 
     Under DDP every rank calls this; only global rank zero writes anything or talks to MLflow.
+    ``parent_run_id``: the MLflow parent run (a flow's); by default ``PIPELINE_PARENT_RUN_ID`` or
+    the pipeline run found by its key. ``progress_bar``: a live bar (default: when stderr is a
+    terminal) or one line per epoch.
     """
     prepared_dir, out_dir, project_root = Path(prepared_dir), Path(out_dir), Path(project_root)
     prepared = load_prepared(prepared_dir)
@@ -158,7 +163,7 @@ def train(
         (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
     )
 
-    interactive = sys.stderr.isatty()
+    interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     history = EpochHistory()
     replicas = ReplicaDigests()
     resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps)
@@ -187,6 +192,7 @@ def train(
             parent = tracker.parent_run(
                 pipeline_key(params, version, code["git.commit"]),
                 {k: v for k, v in run_tags.items() if k not in run_level},
+                given=parent_run_id,
             )
             run = stack.enter_context(
                 tracker.child_run(parent, arch, run_tags, resume_run_id=_previous_run_id(work_dir))
