@@ -27,6 +27,7 @@ from components.registry.register import (
 )
 from components.training.artifacts import load_trained_model
 from components.training.train import train
+from pipelines.summary import _champion_line
 from tests.conftest import tiny_params
 
 
@@ -107,6 +108,7 @@ def test_champion_moves_only_to_a_better_model_and_registration_is_idempotent(
     written = report_file.read_bytes()
     write_report([first, best, middle], champion_version(params, digits_project), report_file)
     assert report_file.read_bytes() == written  # no timestamps: same registry state, same bytes
+    assert _champion_line(report_file) == f"Champion: {name} v{best.version} (mlp)"
 
 
 def test_registered_model_predicts_on_raw_pixels_what_the_trained_model_predicts(
