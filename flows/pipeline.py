@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from prefect import allow_failure, flow, get_run_logger, task
@@ -47,12 +45,12 @@ from components.dvc_sync import DvcStages, run_unless_up_to_date
 from components.errors import is_transient
 from components.evaluation.evaluate import evaluate
 from components.registry.register import Decision, champion_version, register, write_report
+from components.torch_turns import one_at_a_time
 from components.tracking import PARENT_ENV, Tracker, code_tags, experiment_name
 from components.training.launch import launch_training, needs_launcher
 from components.training.train import train
 
 FLOW_NAME = "training-pipeline"
-T = TypeVar("T")
 RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
 REGISTRATION = "reports/registration.json"
 
@@ -104,17 +102,6 @@ def open_parent_task(run: PipelineRun) -> str:
     )
 
 
-# In-process stage work (train, evaluate, register) one task at a time. Training reseeds and draws
-# from torch's process-wide random generator (dropout); loading a model in another thread draws
-# from it too (layer initialisation), which would make results depend on timing, unlike dvc repro.
-_TORCH_WORK = threading.Lock()
-
-
-def _one_at_a_time(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    with _TORCH_WORK:
-        return function(*args, **kwargs)
-
-
 @task(name="train", task_run_name="train[{arch}]", **RETRY)
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
     """``train@<arch>``: in this process on one device, the stage command under ``torchrun`` on several."""
@@ -128,11 +115,10 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
         )  # fmt: skip
 
     def in_process() -> None:
-        with _TORCH_WORK:
-            train(
-                run.params, arch, run.path(PREPARED), run.path(out), work_root=run.path(WORK),
-                project_root=run.root, tags=run.tags, parent_run_id=run.parent_run_id, progress_bar=False,
-            )  # fmt: skip
+        one_at_a_time(
+            train, run.params, arch, run.path(PREPARED), run.path(out), work_root=run.path(WORK),
+            project_root=run.root, tags=run.tags, parent_run_id=run.parent_run_id, progress_bar=False,
+        )  # fmt: skip
 
     body = launched if needs_launcher(run.params.train) else in_process
     return run_unless_up_to_date(run.dvc, f"train@{arch}", body)
@@ -143,7 +129,7 @@ def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
     return run_unless_up_to_date(
         run.dvc,
         f"evaluate@{arch}",
-        lambda: _one_at_a_time(
+        lambda: one_at_a_time(
             evaluate,
             run.params,
             arch,
@@ -157,7 +143,7 @@ def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
 
 @task(name="register", task_run_name="register[{arch}]", **RETRY)
 def register_task(run: PipelineRun, arch: Architecture) -> Decision:
-    decision = _one_at_a_time(
+    decision = one_at_a_time(
         register,
         run.params,
         arch,

@@ -1,17 +1,20 @@
 """Shared services on a real PostgreSQL: MLflow and Prefect servers on it, two pipelines at once.
 
 A PostgreSQL server (Debian's ``postgresql`` package; ``make test`` installs it when it can) is
-started here on a free loopback port in a temporary data directory. On it run an ``mlflow server``
-(its own database, proxied artifacts) and a ``prefect server`` (another database), exactly as
-``infra/compose.yaml`` wires them. Two pipelines then run at the same time against both servers: the
-deployment served with a short interval (a scheduled run) in one copy of the project and a flow run
-started by hand in another. Everything is read back through the servers' REST APIs.
+started here on a free loopback port in a temporary data directory, and compose's own init script
+(``infra/postgres/init-databases.sh``) creates the ``mlflow`` and ``prefect`` roles and databases.
+On it run an ``mlflow server`` (proxied artifacts) and a ``prefect server``, each logging in with
+its own role and password over TCP, exactly as ``infra/compose.yaml`` wires them. Two pipelines
+then run at the same time against both servers: the deployment served with a short interval (a
+scheduled run) in one copy of the project and a flow run started by hand in another. Everything
+is read back through the servers' REST APIs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -24,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import tiny_params
+from tests.conftest import REPO, tiny_params
 from tests.dvcproject import clone_project
 from tests.servers import (
     completed_flow_runs,
@@ -44,7 +47,7 @@ from tests.servers import (
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = "digits-classifier"
-DB_USER = "pipeline"
+INIT_SCRIPT = REPO / "infra" / "postgres" / "init-databases.sh"
 
 
 def postgres_bindir() -> Path | None:
@@ -59,10 +62,11 @@ def postgres_bindir() -> Path | None:
 @dataclass(frozen=True)
 class Postgres:
     port: int
+    passwords: dict[str, str]
 
-    def url(self, database: str, driver: str = "") -> str:
-        scheme = f"postgresql+{driver}" if driver else "postgresql"
-        return f"{scheme}://{DB_USER}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str, driver: str) -> str:
+        """The URL a service logs in with: its own role (named like its database) and password."""
+        return f"postgresql+{driver}://{database}:{self.passwords[database]}@127.0.0.1:{self.port}/{database}"
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +93,30 @@ def postgres() -> Iterator[Postgres]:
         done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
 
-    run(str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, "-A", "trust", "-E", "UTF8")
+    # Password logins over TCP, as in production; the superuser only through the local socket.
+    run(
+        str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+        "--auth-local=trust", "--auth-host=scram-sha-256",
+    )  # fmt: skip
     server_options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-o", server_options, "-l", str(home / "log"), "-w", "start")
     try:
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user=DB_USER, dbname="postgres")
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            for database in ("mlflow", "prefect"):
-                cursor.execute(f"CREATE DATABASE {database}")
-        connection.close()
-        yield Postgres(port)
+        passwords = {name: secrets.token_urlsafe(16) for name in ("mlflow", "prefect")}
+        env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            "PGHOST": str(home),
+            "PGPORT": str(port),
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_DB": "postgres",
+            "MLFLOW_DB_PASSWORD": passwords["mlflow"],
+            "PREFECT_DB_PASSWORD": passwords["prefect"],
+        }
+        created = subprocess.run(
+            ["bash", str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+        yield Postgres(port, passwords)
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(home, ignore_errors=True)

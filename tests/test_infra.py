@@ -1,0 +1,168 @@
+"""Static checks of infra/: the compose file, the Kubernetes manifests and templates, the Dockerfiles.
+
+No Docker engine or cluster is needed (CI has neither): the compose file is checked for health
+checks, pinned images, loopback-only ports and secrets kept out of the file; Kubernetes objects are
+validated against the Kubernetes schema bundled with ``kubernetes-validate``; Dockerfiles pass
+``hadolint``. The PostgreSQL init script runs for real in tests/test_postgres.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+INFRA = REPO / "infra"
+COMPOSE = INFRA / "compose.yaml"
+BIN = Path(sys.executable).parent
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
+K8S_VERSION = "1.33.0"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def _interpolated(text: str) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+
+
+def test_every_compose_service_is_health_checked_pinned_and_ordered(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "mlflow", "prefect-server", "prefect-worker"}
+    for name, service in services.items():
+        assert service["healthcheck"]["test"], name
+        image = service["image"]
+        tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+        assert tag not in {"", "latest"}, f"{name}: image {image!r} is not pinned"
+        assert not tag.startswith("${"), f"{name}: image {image!r} is not pinned"
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert condition == {"condition": "service_healthy"}, (name, dependency)
+    # Built images pin their base images too.
+    for dockerfile in (INFRA / "docker").glob("*Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("FROM ") and "${" not in line:
+                assert re.search(r":[\w.-]+", line.split()[1]), f"{dockerfile.name}: {line}"
+                assert ":latest" not in line
+
+
+def test_compose_publishes_on_loopback_only_and_keeps_secrets_out(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        for key, value in (service.get("environment") or {}).items():
+            text = str(value)
+            if any(word in key for word in SECRET_WORDS) or ("://" in text and "@" in text):
+                # A password (or a URL with credentials) only ever comes from infra/.env.
+                assert _interpolated(text), f"{name}: {key} holds a literal secret"
+    listed = {
+        line.split("=", 1)[0]
+        for line in (INFRA / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert _interpolated(COMPOSE.read_text()) <= listed
+    ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO, check=False).returncode
+    assert ignored == 0, "infra/.env (the real secrets) must be git-ignored"
+
+
+def test_compose_config_is_accepted_by_docker_compose() -> None:
+    docker = shutil.which("docker")
+    version = (
+        subprocess.run([docker, "compose", "version"], capture_output=True, check=False) if docker else None
+    )
+    if version is None or version.returncode != 0:
+        pytest.skip("the docker compose plugin is not installed here (the file is still checked above)")
+    done = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(INFRA / ".env.example"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _validate(resource: dict[str, Any]) -> None:
+    kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_manifests_validate_against_the_schema() -> None:
+    manifests = sorted((INFRA / "k8s").glob("*.yaml"))
+    assert manifests
+    kinds = []
+    for manifest in manifests:
+        for resource in yaml.safe_load_all(manifest.read_text()):
+            _validate(resource)
+            kinds.append(resource["kind"])
+    assert "Job" in kinds
+    with pytest.raises(kubernetes_validate.ValidationError):  # the validator does reject bad objects
+        _validate({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"}, "spec": {"nope": 1}})
+
+
+def _render(value: Any, variables: dict[str, Any]) -> Any:
+    """Prefect's substitution for a base job template: a whole-string placeholder takes the value."""
+    if isinstance(value, dict):
+        return {k: _render(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render(v, variables) for v in value]
+    if isinstance(value, str):
+        whole = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", value)
+        if whole:
+            return variables[whole.group(1)]
+        return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: str(variables[m.group(1)]), value)
+    return value
+
+
+def test_prefect_kubernetes_work_pool_template_renders_a_valid_gpu_job() -> None:
+    template = json.loads((INFRA / "prefect" / "k8s-work-pool.json").read_text())
+    properties = template["variables"]["properties"]
+    variables = {name: spec.get("default") for name, spec in properties.items()}
+    variables |= {
+        "name": "training-pipeline-run",
+        "command": ["prefect", "flow-run", "execute"],
+        "labels": {"app": "classifier-pipeline"},
+        "env": {},
+        "cluster_config": None,
+        "job_watch_timeout_seconds": None,
+    }
+    job = _render(template["job_configuration"]["job_manifest"], variables)
+    _validate(job)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == properties["gpus"]["default"] >= 1
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"} <= set(env)
+    assert env["DO_NOT_TRACK"] == "1"
+    # Every placeholder in the template is a declared variable.
+    placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
+    assert placeholders <= set(properties)
+
+
+def test_dockerfiles_pass_hadolint_and_the_training_image_is_layered_and_non_root() -> None:
+    dockerfiles = sorted((INFRA / "docker").glob("*Dockerfile"))
+    assert len(dockerfiles) == 2
+    hadolint = [str(BIN / "hadolint"), "--no-color"]
+    linted = subprocess.run([*hadolint, *map(str, dockerfiles)], capture_output=True, text=True, check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    broken = "FROM python\nRUN apt-get install curl\n"
+    rejected = subprocess.run([*hadolint, "-"], input=broken, capture_output=True, text=True, check=False)
+    assert rejected.returncode != 0  # the linter is really looking
+
+    lines = (INFRA / "docker" / "Dockerfile").read_text().splitlines()
+    first_sync = next(i for i, line in enumerate(lines) if "uv sync" in line)
+    lock_copy = next(i for i, line in enumerate(lines) if line.startswith("COPY") and "uv.lock" in line)
+    source_copy = next(i for i, line in enumerate(lines) if line.startswith("COPY components"))
+    assert lock_copy < first_sync < source_copy, "dependencies must install before the source is copied"
+    assert "--no-install-project" in lines[first_sync + 1] + lines[first_sync]
+    user = [line for line in lines if line.startswith("USER ")]
+    assert user
+    assert user[-1].split()[1].split(":")[0] not in {"0", "root"}
