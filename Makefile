@@ -37,7 +37,7 @@ run: install
 test: install postgres
 	$(UV) run ruff check .
 	$(UV) run mypy
-	$(UV) run pytest -n 2 --dist loadfile
+	$(UV) run pytest -n 3 --dist loadfile
 
 lint: install
 	$(UV) run ruff check .
