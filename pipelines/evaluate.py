@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from components.config import ALL_ARCHITECTURES, load_params
-from components.evaluation.evaluate import evaluate
 from pipelines._cli import architecture, console, run_stage
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -28,6 +27,10 @@ def main(
         settings = load_params(params)
         chosen = architecture(arch)
         report_dir = out or Path("reports") / chosen
+        # Imported after the settings are validated: a bad params.yaml fails in a second, not after
+        # the ~15 s it takes to import torch, Lightning and MLflow.
+        from components.evaluation.evaluate import evaluate
+
         metrics = evaluate(settings, chosen, prepared, model or Path("models") / chosen, report_dir)
         console.print(
             f"evaluate@{chosen}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}, "

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from components.config import load_params
-from components.registry.register import champion_version, register, write_report
 from pipelines._cli import console, run_stage
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -25,6 +24,10 @@ def main(
 
     def body() -> None:
         settings = load_params(params)
+        # Imported after the settings are validated: a bad params.yaml fails in a second, not after
+        # the ~15 s it takes to import torch, Lightning and MLflow.
+        from components.registry.register import champion_version, register, write_report
+
         decisions = []
         for arch in settings.train.architectures:
             decision = register(settings, arch, models / arch, prepared, project_root=params.parent)

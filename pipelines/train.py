@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from components.config import ALL_ARCHITECTURES, load_params
-from components.training.train import train
 from pipelines._cli import architecture, console, run_stage, run_tags
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -33,6 +32,10 @@ def main(
         settings = load_params(params)
         chosen = architecture(arch)
         tags = run_tags(tag or [])
+        # Imported after the settings are validated: a bad params.yaml fails in a second, not after
+        # the ~15 s it takes to import torch, Lightning and MLflow.
+        from components.training.train import train
+
         result = train(settings, chosen, prepared, out or Path("models") / chosen, work_root=work, tags=tags)
         if result.global_rank != 0:
             return

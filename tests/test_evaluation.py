@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from components.config import validate_params
 from components.errors import DataValidationError
 from components.evaluation.evaluate import evaluate
+from components.evaluation.inference import MIN_TIMED_BATCHES, predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.training.train import train
 from tests.conftest import tiny_params
@@ -107,3 +109,14 @@ def test_corrupt_weights_name_the_file_and_keep_the_previous_report(
     with pytest.raises(DataValidationError, match=r"weights\.safetensors.*not a readable safetensors file"):
         _evaluate(digits_project, model, tmp_path / "report")
     assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
+
+
+def test_a_small_split_is_timed_over_several_batches_and_predicted_once() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    x = torch.randn(10, 6)
+    result = predict(model, x, batch_size=4)  # 3 batches per pass: two passes are timed
+    assert result.classes.tolist() == model(x).argmax(1).tolist()
+    assert len(result.batch_seconds) == 6 >= MIN_TIMED_BATCHES
+    assert result.timed_images == 20
+    assert result.images_per_second == pytest.approx(20 / sum(result.batch_seconds))
