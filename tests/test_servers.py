@@ -1,5 +1,7 @@
-"""Against real servers on loopback, started here: ``mlflow server``, ``prefect server start``, a
-deployment served with a short interval, and ``mlflow models serve`` answering a scoring request.
+"""Against real servers on loopback, started here: ``mlflow server`` (SQLite backend) and
+``prefect server start``: a work-pool deployment with the cron schedule from params.yaml, a model
+trained and registered on the server, and ``mlflow models serve`` answering a scoring request.
+Served deployments and whole flow runs against real servers are in tests/test_postgres.py.
 
 Ports are chosen at run time, every wait is bounded, and every process is stopped at the end.
 """
@@ -16,19 +18,20 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from components.config import validate_params
 from components.data.prepared import load_prepared
-from components.registry.register import raw_pixels
+from components.evaluation.evaluate import evaluate
+from components.registry.register import raw_pixels, register
+from components.training.train import train
 from tests.conftest import tiny_params
 from tests.dvcproject import clone_project
 from tests.servers import (
     BIN,
-    completed_scheduled_runs,
     free_port,
     http_ok,
     mlflow_server_command,
     post_json,
     prefect_server_command,
-    serve_command,
     service_env,
     started,
     wait_for,
@@ -39,7 +42,9 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "digits-classifier"
 
 
-def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(tmp_path: Path) -> None:
+def test_real_servers_take_a_work_pool_deployment_record_a_registration_and_serve_it(
+    tmp_path: Path, digits_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     params = tiny_params(max_epochs=1)
     params["train"]["architectures"] = ["mlp"]
     project = clone_project(tmp_path / "project", params)
@@ -80,16 +85,18 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
         assert deployment["work_pool_name"] == "trial-pool"
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [params["schedule"]["cron"]]
 
-        # One machine: the deployment served from a process, every 5 s instead of the cron schedule.
-        with started(serve_command(project, 5), tmp_path / "serve.log", project, env) as serve_process:
-            wait_for(
-                lambda: completed_scheduled_runs(prefect_api) > 0,
-                300,
-                f"a completed scheduled flow run (log: {tmp_path / 'serve.log'})",
-                serve_process,
-            )
+        # Training and registration logged to the MLflow server (the flow run against real servers,
+        # scheduled and by hand, is tests/test_postgres.py).
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+        settings = validate_params(params)
+        prepared_dir = digits_project / "data" / "prepared"
+        lineage = {"prefect.flow_run_id": "by-hand"}
+        model_dir, root = tmp_path / "mlp", digits_project
+        work = tmp_path / "work"
+        train(settings, "mlp", prepared_dir, model_dir, work_root=work, project_root=root, tags=lineage)
+        evaluate(settings, "mlp", prepared_dir, model_dir, tmp_path / "reports", project_root=root)
+        register(settings, "mlp", model_dir, prepared_dir, project_root=root, tags=lineage)
 
-        # The flow logged and registered on the MLflow server.
         client = MlflowClient(mlflow_uri)
         (experiment,) = [e for e in client.search_experiments() if e.name == "digits"]
         runs = client.search_runs([experiment.experiment_id])
@@ -101,7 +108,7 @@ def test_scheduled_flow_logs_and_registers_on_real_servers_and_the_model_serves(
         assert champion.tags["prefect.flow_run_id"]
 
         # The champion serves over REST and answers what the registered model predicts here.
-        prepared = load_prepared(project / "data" / "prepared")
+        prepared = load_prepared(prepared_dir)
         pixels = raw_pixels(prepared.splits["test"], prepared.stats)[:16]
         model_server = [
             str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
