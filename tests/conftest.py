@@ -23,6 +23,14 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+# One CPU thread per process for torch's kernels (OpenMP) and BLAS: make test runs three pytest
+# workers, each starting stage and server processes, on machines with as few as two cores, where
+# every process spinning up a full thread pool slows all of them down. Set before torch is imported
+# here, and inherited by every subprocess the tests start (so the flow and dvc repro still compute
+# alike). An explicit OMP_NUM_THREADS in the environment wins.
+for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(key, "1")
+
 
 # The longest test files start first, so that `pytest -n 2 --dist loadfile` (make test) does not
 # end with one worker running a long file alone. A stable sort: order inside a file is kept.
