@@ -126,8 +126,13 @@ class TrainParams(Section):
     ``DataLoader`` work). ``false`` streams batches through a ``DataLoader`` with workers."""
     num_workers: Annotated[int, Field(ge=0)] = 2
     """``DataLoader`` worker processes when ``in_memory`` is false."""
+    steps_per_call: PositiveInt = 16
+    """Optimizer steps per Lightning ``training_step`` call: each call trains on this many
+    consecutive mini-batches, one optimizer step each. The batches, their order and the weights are
+    the same for any value; larger values spread Lightning's fixed per-call cost over more steps."""
     checkpoint_every_n_steps: Annotated[int, Field(ge=0)] = 0
-    """Also write the resumable checkpoint every N optimizer steps; 0: at the end of each epoch only."""
+    """Write the resumable checkpoint every N optimizer steps (at the end of the first
+    ``training_step`` call that reaches each multiple of N) instead of at each epoch's end; 0: off."""
 
     @model_validator(mode="after")
     def _architectures_unique(self) -> TrainParams:

@@ -72,7 +72,7 @@ def test_each_architecture_overfits_64_samples(arch: Architecture) -> None:
     x, y, labels = _digits(64)
     models = ModelsParams.model_validate({"transformer": {"dropout": 0.0}})
     network = build_model(arch, model_config(arch, models, (1, 8, 8), num_classes=10))
-    module = Classifier(network, num_classes=10, learning_rate=3e-3, weight_decay=0.0)
+    module = Classifier(network, num_classes=10, learning_rate=3e-3, weight_decay=0.0, batch_size=32)
     with torch.no_grad():
         loss_before = F.cross_entropy(module(x), y).item()
     trainer = L.Trainer(

@@ -27,13 +27,14 @@ STEPS_PER_EPOCH = math.ceil(1257 / 128)  # digits train split at the default bat
 
 
 class CrashAt(Callback):
-    """Raises before optimizer step ``step`` runs, like a process killed right after a checkpoint."""
+    """Raises before the first call at or after optimizer step ``step``, like a process killed right
+    after a checkpoint."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step >= self.step:
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
@@ -70,15 +71,21 @@ def test_train_writes_the_best_epoch_model_and_removes_its_checkpoints(digits_pr
     assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("in_memory", [True, False], ids=["device-batches", "dataloader"])
+@pytest.mark.parametrize(
+    ("in_memory", "steps_per_call", "crash_step"),
+    # 10 steps per epoch. Blocks of 4 steps end at steps 4, 8, 10 | 14, ...: the first checkpoint at
+    # or past step 12 (every 3 steps) is written at the end of the block that reaches step 14.
+    [(True, 4, 14), (False, 1, 12)],
+    ids=["device-batches-4-per-call", "dataloader-1-per-call"],
+)
 def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(
-    digits_project: Path, in_memory: bool
+    digits_project: Path, in_memory: bool, steps_per_call: int, crash_step: int
 ) -> None:
-    params = _params(max_epochs=3, checkpoint_every_n_steps=3, early_stopping_patience=0, in_memory=in_memory)
+    settings = {"max_epochs": 3, "checkpoint_every_n_steps": 3, "early_stopping_patience": 0}
+    params = _params(**settings, in_memory=in_memory, steps_per_call=steps_per_call)
     out = f"models/{'memory' if in_memory else 'loader'}"
     whole = _run(digits_project, f"{out}-whole", params)
 
-    crash_step = 12  # mid-epoch 2; the last checkpoint before it is at step 12
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(digits_project, f"{out}-resumed", params, callbacks=[CrashAt(crash_step)])
     assert not (digits_project / f"{out}-resumed").exists()
@@ -94,9 +101,7 @@ def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(
     assert len(crashed_runs) == 1
 
     # Resume on the other batch path: same order, so the same result (and the run's params stay).
-    other_path = _params(
-        max_epochs=3, checkpoint_every_n_steps=3, early_stopping_patience=0, in_memory=not in_memory
-    )
+    other_path = _params(**settings, in_memory=not in_memory, steps_per_call=steps_per_call)
     resumed = _run(digits_project, f"{out}-resumed", other_path)
     assert resumed.info["resumed_from_step"] == crash_step
     assert resumed.info["global_steps"] == whole.info["global_steps"] == 3 * STEPS_PER_EPOCH
@@ -116,23 +121,34 @@ class StepLosses(Callback):
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
+        self.calls = 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any
     ) -> None:
-        self.losses.append(outputs["loss"].detach())
+        self.losses.extend(outputs["loss"].unbind())  # (S,): one per optimizer step of the call
+        self.calls += 1
 
 
 def test_in_memory_batches_and_the_dataloader_train_identically(digits_project: Path) -> None:
-    """Same seed: the device-resident path and the DataLoader path take the same steps with the same
-    losses (CPU tensors stand in for device tensors), and end with the same weights."""
+    """Same seed: the device-resident path in blocks of 3 steps per call and the DataLoader path one
+    step per call take the same steps with the same losses (CPU tensors stand in for device
+    tensors), and end with the same weights."""
     steps_memory, steps_loader = StepLosses(), StepLosses()
     memory = _run(
-        digits_project, "models/memory", _params(max_epochs=2, in_memory=True), callbacks=[steps_memory]
+        digits_project,
+        "models/memory",
+        _params(max_epochs=2, in_memory=True, steps_per_call=3),
+        callbacks=[steps_memory],
     )
     loader = _run(
-        digits_project, "models/loader", _params(max_epochs=2, in_memory=False), callbacks=[steps_loader]
+        digits_project,
+        "models/loader",
+        _params(max_epochs=2, in_memory=False, steps_per_call=1),
+        callbacks=[steps_loader],
     )
+    # 10 steps per epoch: blocks of 3, 3, 3, 1 against 10 calls of one step.
+    assert (steps_memory.calls, steps_loader.calls) == (2 * 4, 2 * STEPS_PER_EPOCH)
     assert len(steps_memory.losses) == len(steps_loader.losses) == 2 * STEPS_PER_EPOCH
     torch.testing.assert_close(
         torch.stack(steps_memory.losses), torch.stack(steps_loader.losses), rtol=0, atol=0

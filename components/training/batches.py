@@ -1,5 +1,11 @@
 """Mini-batches for training: sliced from resident tensors, or streamed by a ``DataLoader``.
 
+Training batches come in blocks of ``train.steps_per_call`` consecutive mini-batches (one
+``training_step`` call runs one optimizer step per mini-batch of its block, see
+:class:`~components.training.module.Classifier`); a block is gathered with one index operation
+and the module splits it back into mini-batches of ``batch_size`` rows, so the mini-batches are
+the same whatever the block size.
+
 Both paths draw the same per-epoch order from :class:`EpochSampler` (a permutation seeded by
 ``seed`` and the epoch), so they see the same batches in the same order; which one is used is
 ``train.in_memory``.
@@ -9,8 +15,9 @@ Both paths draw the same per-epoch order from :class:`EpochSampler` (a permutati
   the default for data that fits in (GPU) memory.
 - :func:`streaming_loader` is a ``DataLoader`` with worker processes for data that does not.
 
-Both are resumable: Lightning saves their ``state_dict`` in the checkpoint and restores it, so a
-run killed mid-epoch continues with the next unseen batch instead of restarting the epoch.
+Both are resumable: Lightning saves their ``state_dict`` (the epoch's mini-batches consumed so
+far) in the checkpoint and restores it, so a run killed mid-epoch continues with the next unseen
+mini-batch instead of restarting the epoch, with any block size.
 
 Under DDP every rank draws the same epoch permutation and keeps its own slice of it (rank ``r`` of
 ``W`` takes positions ``r, r+W, r+2W, ...``), so the two paths stay identical on every rank. For
@@ -88,9 +95,9 @@ class EpochSampler(Sampler[int]):
 
 
 class _ResumePosition:
-    """Counts the batches handed out in the current epoch: the resume point of a checkpoint.
+    """Counts the mini-batches handed out in the current epoch: the resume point of a checkpoint.
 
-    Lightning fetches no batch ahead from a loader whose length it knows (both of ours), so at a
+    Lightning fetches no block ahead from a loader whose length it knows (both of ours), so at a
     checkpoint the count handed out equals the count trained on.
     """
 
@@ -116,7 +123,7 @@ class _ResumePosition:
 
 
 class TensorBatches:
-    """Batches gathered from tensors that already sit on the training device."""
+    """Blocks of ``steps_per_call`` mini-batches gathered from tensors already on the training device."""
 
     def __init__(
         self,
@@ -126,6 +133,7 @@ class TensorBatches:
         seed: int,
         shuffle: bool,
         *,
+        steps_per_call: int = 1,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -133,22 +141,23 @@ class TensorBatches:
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         self.x = x  # (N, ...) on the device
         self.y = y  # (N, K) on the device
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # rows of one mini-batch
+        self.block_rows = batch_size * steps_per_call
         # Lightning calls sampler.set_epoch. Training (shuffled) shares are even, validation's complete.
         self.sampler = EpochSampler(len(x), seed, shuffle, rank=rank, world_size=world_size, even=shuffle)
         self.batch_sampler = None  # looked up next to ``sampler`` by Lightning's loader checks
         self._position = _ResumePosition()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
+        return math.ceil(len(self.sampler) / self.block_rows)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.sampler.order().to(self.x.device)  # (N,) one small copy per epoch
         first = self._position.start(self.sampler.epoch)
-        for start in range(first * self.batch_size, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]  # (B,)
-            self._position.served += 1
-            yield self.x[index], self.y[index]  # (B, ...), (B, K)
+        for start in range(first * self.batch_size, len(order), self.block_rows):
+            index = order[start : start + self.block_rows]  # (S*B,)
+            self._position.served += math.ceil(len(index) / self.batch_size)
+            yield self.x[index], self.y[index]  # (S*B, ...), (S*B, K)
 
     def state_dict(self) -> dict[str, int]:
         return self._position.state()
@@ -158,19 +167,20 @@ class TensorBatches:
 
 
 class _ResumableLoader(DataLoader[tuple[torch.Tensor, ...]]):
-    """A ``DataLoader`` over an :class:`EpochSampler` that can continue mid-epoch."""
+    """A ``DataLoader`` of blocks over an :class:`EpochSampler` that can continue mid-epoch."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, mini_batch: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.mini_batch = mini_batch  # rows of one mini-batch; batch_size is a block's
         self._position = _ResumePosition()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         sampler = self.batch_sampler.sampler  # type: ignore[union-attr]
         first = self._position.start(sampler.epoch)
-        sampler.skip = first * self.batch_size  # type: ignore[operator]
-        for batch in super().__iter__():
-            self._position.served += 1
-            yield batch
+        sampler.skip = first * self.mini_batch
+        for block in super().__iter__():
+            self._position.served += math.ceil(len(block[0]) / self.mini_batch)
+            yield block
 
     def state_dict(self) -> dict[str, int]:
         return self._position.state()
@@ -187,13 +197,15 @@ def streaming_loader(
     shuffle: bool,
     num_workers: int,
     *,
+    steps_per_call: int = 1,
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
-    """A ``DataLoader`` with ``num_workers`` workers and the same batches as :class:`TensorBatches`."""
+    """A ``DataLoader`` with ``num_workers`` workers and the same blocks as :class:`TensorBatches`."""
     return _ResumableLoader(
         TensorDataset(x, y),
-        batch_size=batch_size,
+        mini_batch=batch_size,
+        batch_size=batch_size * steps_per_call,
         sampler=EpochSampler(len(x), seed, shuffle, rank=rank, world_size=world_size, even=shuffle),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

@@ -43,8 +43,9 @@ class ClassificationData(L.LightningDataModule):
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # (N, C, H, W), (N, K)
             self._tensors[name] = (xt.to(device), yt.to(device)) if device else (xt, yt)
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> Loader:
-        """Batches of this rank's share of split ``name`` (training: equal shares; validation: all)."""
+    def _loader(self, name: str, batch_size: int, shuffle: bool, steps_per_call: int = 1) -> Loader:
+        """Blocks of ``steps_per_call`` batches of this rank's share of split ``name`` (training: equal
+        shares; validation: all)."""
         x, y = self._tensors[name]
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if len(x) < world_size:
@@ -52,13 +53,14 @@ class ClassificationData(L.LightningDataModule):
                 f"the {name} split", f"has {len(x)} samples, fewer than the {world_size} training processes"
             )
         seed = self.params.seed
+        shard = {"steps_per_call": steps_per_call, "rank": rank, "world_size": world_size}
         if self.params.in_memory:
-            return TensorBatches(x, y, batch_size, seed, shuffle, rank=rank, world_size=world_size)
-        workers = self.params.num_workers
-        return streaming_loader(x, y, batch_size, seed, shuffle, workers, rank=rank, world_size=world_size)
+            return TensorBatches(x, y, batch_size, seed, shuffle, **shard)
+        return streaming_loader(x, y, batch_size, seed, shuffle, self.params.num_workers, **shard)
 
     def train_dataloader(self) -> Iterable[Batch]:
-        return self._loader("train", self.params.batch_size, shuffle=True)
+        params = self.params
+        return self._loader("train", params.batch_size, shuffle=True, steps_per_call=params.steps_per_call)
 
     def val_dataloader(self) -> Iterable[Batch]:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -8,19 +8,22 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from components.training.batches import Batch
 
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test")
 
 
 class BatchMean(Metric):
-    """Mean of per-batch values weighted by batch size, accumulated on the device.
+    """Mean of per-row values (a batch's mean loss counts once per row), accumulated on the device.
 
-    The arithmetic is that of Lightning's own epoch mean (float32 sum of ``value * batch_size``, an
-    integer count), so epoch losses read the same; states are summed across ranks under DDP.
+    Each update adds a float32 sum and an integer row count, as Lightning's own epoch mean does;
+    states are summed across ranks under DDP.
     (torchmetrics' ``MeanMetric`` checks for NaN with a host sync on every update, or, with that
     check disabled, ignores the weights.)
     """
@@ -34,8 +37,9 @@ class BatchMean(Metric):
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, value: torch.Tensor, weight: int) -> None:
-        self.total = self.total + value.float() * weight  # () float32
+    def update(self, value_sum: torch.Tensor, weight: int) -> None:
+        """Add ``value_sum`` (a sum of per-row values, on the device) over ``weight`` rows."""
+        self.total = self.total + value_sum.float()  # () float32
         self.count = self.count + weight  # () int64
 
     def compute(self) -> torch.Tensor:
@@ -47,13 +51,23 @@ class Classifier(L.LightningModule):
 
     Targets are one-hot rows (as preprocessing writes them); the loss is cross-entropy against
     them, which equals the usual integer-label loss for one-hot targets and also accepts soft ones.
-    Metrics are torchmetrics objects updated on the device every step and reduced once per epoch
-    (and across processes under DDP), so no step waits on the host: their argument checks are off
-    (``validate_args=False``; they call ``torch.unique`` and branch on the result, a device-to-host
-    sync per step, and the inputs here are argmax indices that cannot be out of range), and the loss
-    mean is a metric of the same kind (:class:`BatchMean`). All are logged once per epoch.
 
-    ``channels_last`` keeps the weights and every 4-D input in NHWC layout (for the CNN on GPUs).
+    **Several optimizer steps per call.** Optimization is manual: each ``training_step`` call gets
+    ``steps_per_call`` consecutive mini-batches of the epoch's order as one block of rows and runs
+    one forward, backward, clip and Adam step per mini-batch, exactly as one call per mini-batch
+    would (same batches, same order, same updates, same weights). What the block saves is
+    Lightning's own per-call work (the fit loop's bookkeeping and a dozen hook dispatches over every
+    callback), which costs about as much as a small network's whole step on a CPU. Lightning counts
+    every optimizer step (``global_step``); the per-call hooks see one call per block.
+
+    **No host sync inside a step.** Metrics are torchmetrics objects updated on the device once per
+    call and reduced once per epoch (and across processes under DDP): their argument checks are off
+    (``validate_args=False``; they call ``torch.unique`` and branch on it, a device-to-host sync),
+    and so are compute groups (merging them compares metric states with ``torch.allclose``, another
+    sync). The loss mean is a metric of the same kind (:class:`BatchMean`). All are logged per epoch.
+
+    ``gradient_clip_val`` clips the gradient norm before every optimizer step (after the unscaling
+    of ``16-mixed``). ``channels_last`` keeps the weights and every 4-D input in NHWC layout.
     """
 
     def __init__(
@@ -63,12 +77,17 @@ class Classifier(L.LightningModule):
         learning_rate: float,
         weight_decay: float,
         *,
+        batch_size: int,
+        gradient_clip_val: float = 0.0,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False  # training_step steps the optimizer itself
         self.model = model
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.batch_size = batch_size  # rows of one optimizer step; a training block holds several
+        self.gradient_clip_val = gradient_clip_val
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -80,6 +99,7 @@ class Classifier(L.LightningModule):
                         "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
                     },
                     prefix=f"{stage}_",
+                    compute_groups=False,
                 )
                 for stage in STAGES
             }
@@ -91,16 +111,20 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC strides
         return self.model(x)  # (B, ...) -> (B, K) logits
 
-    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> torch.Tensor:
-        """Loss of one batch; updates the stage's loss mean and metrics on the device (nothing logged)."""
+    def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and logits of one mini-batch, for every stage: ``(loss (), logits (B, K))``."""
         x, y = batch  # (B, ...), (B, K) one-hot
         logits = self(x)  # (B, K)
-        loss = F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y), logits
+
+    def record(
+        self, stage: Stage, loss_sum: torch.Tensor, rows: int, predicted: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        """Add a call's summed loss over ``rows`` rows and its predicted/target classes (N,) to ``stage``."""
         mean: BatchMean = self.losses[f"{stage}_loss"]  # type: ignore[assignment]
-        mean.update(loss.detach(), len(x))
+        mean.update(loss_sum, rows)
         metrics: MetricCollection = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
-        metrics.update(logits.argmax(dim=1), y.argmax(dim=1))  # (B,), (B,)
-        return loss
+        metrics.update(predicted, target)
 
     def log_epoch(self, stage: Stage) -> None:
         """Log ``<stage>_loss``, ``<stage>_acc`` and ``<stage>_f1_macro`` for the epoch.
@@ -114,38 +138,80 @@ class Classifier(L.LightningModule):
         metrics: MetricCollection = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "train")
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """One optimizer step per mini-batch of the block; returns the steps' losses ``(S,)``."""
+        x, y = batch  # (S*B, ...), (S*B, K): S consecutive mini-batches (the last may be short)
+        optimizer = self.optimizers()
+        assert isinstance(optimizer, LightningOptimizer)
+        losses, logits = [], []
+        for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size), strict=True):
+            # xb (B, ...), yb (B, K)
+            loss, step_logits = self.model_step((xb, yb))
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # clipped first, in on_before_optimizer_step
+            losses.append(loss.detach())
+            logits.append(step_logits.detach())
+        # Metrics once per block, not per step: a few device ops for the whole block.
+        stacked = torch.stack(losses)  # (S,)
+        rows = len(x)
+        last = rows - self.batch_size * (len(losses) - 1)  # rows of the last mini-batch
+        loss_sum = stacked[:-1].sum() * self.batch_size + stacked[-1] * last  # ()
+        self.record("train", loss_sum, rows, torch.cat(logits).argmax(dim=1), y.argmax(dim=1))
+        return {"loss": stacked}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after the backward and after 16-mixed's unscaling, before the update.
+        # The optimizer's own parameter list: self.parameters() would walk every submodule,
+        # metrics included, on every step.
+        if self.gradient_clip_val:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, self.gradient_clip_val)
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        # The last batch, not on_train_epoch_end: callbacks (the epoch history) run before the
+        # The last block, not on_train_epoch_end: callbacks (the epoch history) run before the
         # module's on_train_epoch_end and must already see this epoch's training figures.
         if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.log_epoch("train")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "val")
+    def _evaluation_step(self, batch: Batch, stage: Stage) -> torch.Tensor:
+        x, y = batch  # (B, ...), (B, K)
+        loss, logits = self.model_step(batch)
+        self.record(stage, loss.detach() * len(x), len(x), logits.argmax(dim=1), y.argmax(dim=1))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluation_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self.log_epoch("val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluation_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.parameters(), self.learning_rate, self.weight_decay, self.device)
+        # A fused Adam unscales 16-mixed gradients inside its step, after the clip would have run.
+        fused_ok = not str(self.trainer.precision).startswith("16")
+        return build_optimizer(
+            self.parameters(), self.learning_rate, self.weight_decay, self.device, fused_ok=fused_ok
+        )
 
 
 def build_optimizer(
-    parameters: Iterable[nn.Parameter], learning_rate: float, weight_decay: float, device: torch.device
+    parameters: Iterable[nn.Parameter],
+    learning_rate: float,
+    weight_decay: float,
+    device: torch.device,
+    *,
+    fused_ok: bool = True,
 ) -> torch.optim.Optimizer:
     """Adam; on CUDA the fused kernel (one launch for all parameters instead of several per tensor).
 
     On the CPU it is PyTorch's default implementation, so CPU results stay bit-for-bit as before.
     The benchmark's bare loop builds its optimizer here too, so both sides run the same update.
     """
-    fused = True if device.type == "cuda" else None
+    fused = True if device.type == "cuda" and fused_ok else None
     return torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay, fused=fused)

@@ -47,7 +47,10 @@ from components.training.speed import device_kind, float32_matmul_precision, res
 from components.training.trainer import build_trainer, checkpoint_callbacks
 
 RUN_FILE = "mlflow_run.json"
-# Settings that change how fast training runs but not what it computes (beyond rounding).
+# Settings that change how fast training runs but not what it computes (beyond rounding). A run
+# resumes only from a checkpoint of the same fingerprint. (``steps_per_call`` changes nothing that
+# is computed either, but a checkpoint counts the training_step calls of the epoch so far, which is
+# only meaningful for the same block size.)
 _SPEED_ONLY = {
     "architectures",
     "num_workers",
@@ -156,6 +159,8 @@ def train(
         num_classes,
         params.train.learning_rate,
         params.train.weight_decay,
+        batch_size=params.train.batch_size,
+        gradient_clip_val=params.train.gradient_clip_val,
         channels_last=speed.channels_last,
     )
     train_split, val_split = prepared.splits["train"], prepared.splits["val"]

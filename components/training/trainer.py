@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from components.config import TrainParams
 from components.training.speed import SpeedSettings
@@ -17,17 +19,44 @@ LAST = "last"
 BEST = "best"
 
 
-def checkpoint_callbacks(folder: Path, every_n_steps: int) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """``last.ckpt`` to resume from (each epoch, or every N steps) and ``best.ckpt`` by validation loss."""
-    resume = ModelCheckpoint(
-        dirpath=folder,
-        filename=LAST,
-        save_top_k=1,
-        every_n_train_steps=every_n_steps or None,
-        every_n_epochs=None if every_n_steps else 1,
-        enable_version_counter=False,
-        save_on_train_epoch_end=not every_n_steps,
-    )
+class ResumeCheckpoint(Checkpoint):
+    """``last.ckpt``, the state a crashed run resumes from: at each epoch's end and, with
+    ``every_n_steps``, at the end of the first ``training_step`` call that reaches each multiple of
+    N optimizer steps (a call runs ``train.steps_per_call`` steps, so step counts are not checked
+    one by one, as Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` would).
+
+    Written to a temporary sibling and renamed over the old file, so a crash while writing leaves
+    the previous checkpoint intact. A ``Checkpoint`` subclass: Lightning runs it after the other
+    callbacks' epoch-end hooks, so their state (the epoch history) is in the file.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+        self._saved_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        n = self.every_n_steps
+        if n and trainer.global_step // n > self._saved_step // n:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        partial = self.path.with_name(f"{self.path.name}.partial")
+        trainer.save_checkpoint(partial)  # every rank takes part; global rank zero writes
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        self._saved_step = trainer.global_step
+
+
+def checkpoint_callbacks(folder: Path, every_n_steps: int) -> tuple[ResumeCheckpoint, ModelCheckpoint]:
+    """``last.ckpt`` to resume from (each epoch, and every N steps) and ``best.ckpt`` by validation loss."""
+    resume = ResumeCheckpoint(folder / f"{LAST}.ckpt", every_n_steps)
     best = ModelCheckpoint(
         dirpath=folder,
         filename=BEST,
@@ -46,7 +75,9 @@ def build_trainer(
     callbacks: Sequence[Callback],
     interactive: bool,
 ) -> L.Trainer:
-    """The Trainer: devices, nodes, strategy, precision, epochs, clipping, early stopping, checkpoints.
+    """The Trainer: devices, nodes, strategy, precision, epochs, early stopping, checkpoints.
+
+    Gradient clipping is the module's (its optimization is manual, see ``Classifier``).
 
     Deterministic algorithms are switched on where they are cheap (the CPU); on GPUs they are
     requested with warnings only, as some CUDA kernels have no deterministic variant.
@@ -77,7 +108,6 @@ def build_trainer(
         precision=speed.precision,  # type: ignore[arg-type]  # a Lightning precision string
         use_distributed_sampler=False,
         max_epochs=params.max_epochs,
-        gradient_clip_val=params.gradient_clip_val or None,
         deterministic=True if speed.device == "cpu" else "warn",
         callbacks=every,
         logger=False,
