@@ -19,6 +19,8 @@ alternating, and the best run of each is kept (the machine may be shared). Print
 
     uv run python bench/train_throughput.py                                   # bundled digits
     uv run python bench/train_throughput.py --data ../shared/data/mnist-10k    # MNIST (IDX files)
+    uv run python bench/train_throughput.py --data ../shared/data/mnist-10k --tile 7 --val-fraction 0.1428572
+                                            # 60,000 training images (the 10,000 repeated 7 times)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
@@ -41,6 +44,7 @@ from components.config import ALL_ARCHITECTURES, DataParams, Params, PreprocessP
 from components.data.ingest import ingest
 from components.data.prepared import load_prepared
 from components.data.preprocess import preprocess
+from components.data.sources import load_source
 from components.models import build_model, model_config
 from components.training.batches import EpochSampler
 from components.training.module import build_optimizer
@@ -79,10 +83,38 @@ class EpochTimer(Callback):
         self.whole.append(time.perf_counter() - self._start)
 
 
-def prepare(root: Path, data: Path | None) -> Path:
-    """Ingest and preprocess the bundled digits, or the IDX files in ``data``, under ``root``."""
+def prepare(
+    root: Path,
+    data: Path | None,
+    tile: int = 1,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+) -> Path:
+    """Ingest and preprocess the bundled digits, or the IDX files in ``data``, under ``root``.
+
+    ``tile`` > 1 repeats every image that many times first (through an ``npz`` source, the IDX
+    files' test split becoming the held-out test split): an MNIST-sized training epoch from the
+    10,000-image test set, for throughput only.
+    """
     source = DataParams() if data is None else DataParams(source="idx", path=str(data.resolve()))
     split = PreprocessParams() if data is None else PreprocessParams(val_fraction=0.1, test_fraction=0.2)
+    if tile > 1:
+        images = np.concatenate([s.images for s in load_source(source).splits.values()])  # (N, C, H, W)
+        labels = np.concatenate([s.labels for s in load_source(source).splits.values()])  # (N,)
+        archive = root / "tiled" / "tiled.npz"
+        archive.parent.mkdir(parents=True)
+        np.savez(
+            archive,
+            x=np.tile(images, (tile, 1, 1, 1)),
+            y=np.tile(labels, tile),
+            x_test=images[:1000],
+            y_test=labels[:1000],
+        )
+        source = DataParams(source="npz", path=str(archive))
+    if val_fraction is not None:
+        split = split.model_copy(update={"val_fraction": val_fraction})
+    if test_fraction is not None:
+        split = split.model_copy(update={"test_fraction": test_fraction})
     ingest(source, root / "raw")
     preprocess(split, root / "raw", root / "prepared")
     return root / "prepared"
@@ -184,6 +216,10 @@ def main(
     compile: Annotated[bool | None, typer.Option(help="[default: train.compile]")] = None,
     repeats: Annotated[int, typer.Option(help="Runs of each side; the best is kept.")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads [default: torch's].")] = None,
+    steps_per_call: Annotated[int | None, typer.Option(help="[default: train.steps_per_call]")] = None,
+    tile: Annotated[int, typer.Option(help="Repeat every image this many times (throughput only).")] = 1,
+    val_fraction: Annotated[float | None, typer.Option(help="[default: 0.1 with --data]")] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="[default: 0.2 with --data]")] = None,
 ) -> None:
     """Print one ``key=value`` line per architecture: project and bare images/s and their ratio."""
     if threads is not None:
@@ -194,13 +230,14 @@ def main(
         "train.accelerator": accelerator,
         "train.precision": precision,
         "train.compile": compile,
+        "train.steps_per_call": steps_per_call,
     }.items():
         if value is not None:
             overrides[key] = value
     params = load_params(REPO / "params.yaml", overrides)
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         root = Path(tmp)
-        prepared = prepare(root / "data", data)
+        prepared = prepare(root / "data", data, tile, val_fraction, test_fraction)
         n_train = len(load_prepared(prepared).splits["train"].x)
         with _tracking(root):
             for name in arch or list(ALL_ARCHITECTURES):
@@ -227,6 +264,7 @@ def main(
                     "precision": speed.precision,
                     "channels_last": speed.channels_last,
                     "compile": speed.compile,
+                    "steps_per_call": params.train.steps_per_call,
                     "threads": torch.get_num_threads(),
                     "train_images": n_train,
                     "epochs_timed": epochs - 1,
