@@ -407,3 +407,15 @@ def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] |
     if overrides:
         raw = apply_overrides(raw, overrides)
     return validate_params(raw, source=str(path))
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"seed": 0}}`` -> ``{"train.seed": "0"}`` (lists as their Python repr)."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config import Params, load_params
-from components.tracking import flatten
+from components.config import Params, flatten, load_params
 
 PARAMS_FILE = "params.yaml"
 _LOCK = threading.Lock()

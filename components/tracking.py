@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -142,18 +141,6 @@ def code_tags(project_root: Path | str = ".") -> dict[str, str]:
         "mlflow.source.git.commit": commit,
         "git.dirty": str(git_dirty(project_root)).lower(),
     }
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"seed": 0}}`` -> ``{"train.seed": "0"}`` (lists as their Python repr)."""
-    flat: dict[str, str] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def pipeline_key(params: Params, version: str, commit: str) -> str:

@@ -26,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from prefect import allow_failure, flow, get_run_logger, task
@@ -43,12 +43,13 @@ from components.data.prepared import data_version
 from components.data.preprocess import preprocess
 from components.dvc_sync import DvcStages, run_unless_up_to_date
 from components.errors import is_transient
-from components.evaluation.evaluate import evaluate
-from components.registry.register import Decision, champion_version, register, write_report
 from components.torch_turns import one_at_a_time
-from components.tracking import PARENT_ENV, Tracker, code_tags, experiment_name
-from components.training.launch import launch_training, needs_launcher
-from components.training.train import train
+
+# torch, Lightning and MLflow (train, evaluate, register, tracking) are imported by the tasks that
+# use them: importing this module is what `flows.deploy`, a deployment's registration and `--help`
+# pay, about 25 s more on a small CPU with them at the top.
+if TYPE_CHECKING:
+    from components.registry.register import Decision
 
 FLOW_NAME = "training-pipeline"
 RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
@@ -95,6 +96,8 @@ def preprocess_task(run: PipelineRun) -> bool:
 
 @task(name="open-parent-run", **RETRY)
 def open_parent_task(run: PipelineRun) -> str:
+    from components.tracking import Tracker, code_tags, experiment_name
+
     tracker = Tracker.open(experiment_name(run.params), run.root)
     tags = {"data.source": run.params.data.source, "data.version": data_version(run.path(PREPARED))}
     return tracker.start_parent(
@@ -105,6 +108,10 @@ def open_parent_task(run: PipelineRun) -> str:
 @task(name="train", task_run_name="train[{arch}]", **RETRY)
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
     """``train@<arch>``: in this process on one device, the stage command under ``torchrun`` on several."""
+    from components.tracking import PARENT_ENV
+    from components.training.launch import launch_training, needs_launcher
+    from components.training.train import train
+
     out = f"{MODELS}/{arch}"
 
     def launched() -> None:
@@ -126,6 +133,8 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
 
 @task(name="evaluate", task_run_name="evaluate[{arch}]", **RETRY)
 def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
+    from components.evaluation.evaluate import evaluate
+
     return run_unless_up_to_date(
         run.dvc,
         f"evaluate@{arch}",
@@ -143,6 +152,8 @@ def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
 
 @task(name="register", task_run_name="register[{arch}]", **RETRY)
 def register_task(run: PipelineRun, arch: Architecture) -> Decision:
+    from components.registry.register import register
+
     decision = one_at_a_time(
         register,
         run.params,
@@ -159,6 +170,8 @@ def register_task(run: PipelineRun, arch: Architecture) -> Decision:
 @task(name="registration-report", **RETRY)
 def report_task(run: PipelineRun, decisions: list[Decision]) -> dict[str, Any]:
     """``reports/registration.json``, recorded as the ``register`` stage's output."""
+    from components.registry.register import champion_version, write_report
+
     champion = champion_version(run.params, run.root)
     report = write_report(decisions, champion, run.path(REGISTRATION))
     if run.dvc is not None:
@@ -196,6 +209,8 @@ def training_pipeline(
 ) -> dict[str, Any]:
     """Run the pipeline on ``params_file`` (relative to ``project_root``), with optional overrides
     of its keys (``overrides`` takes dotted keys, e.g. ``{"train.batch_size": 256}``)."""
+    from components.tracking import Tracker, experiment_name
+
     root = Path(project_root).resolve()
     settings = effective_params(root / params_file, architectures, max_epochs, data_source, overrides)
     run_id = str(flow_run.id or "local")

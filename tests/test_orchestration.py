@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,3 +59,13 @@ def test_flow_parameters_override_params_yaml_through_the_same_schema() -> None:
         effective_params(REPO / "params.yaml", None, 0, None, None)
     with pytest.raises(ParamsError, match="architectures"):
         effective_params(REPO / "params.yaml", ["resnet"], None, None, None)
+
+
+def test_loading_the_flow_module_does_not_import_torch_lightning_or_mlflow() -> None:
+    # What `flows.deploy` and a worker registering a deployment pay: Prefect, not the ML stack.
+    probe = "import sys, flows.deploy; print(sorted({'torch', 'lightning', 'mlflow'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
