@@ -37,7 +37,7 @@ run: install
 test: install postgres
 	$(UV) run ruff check .
 	$(UV) run mypy
-	$(UV) run pytest -n 3 --dist loadfile
+	$(UV) run pytest -n 3 --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(UV) run ruff check .

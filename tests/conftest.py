@@ -32,14 +32,19 @@ for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(key, "1")
 
 
-# The longest test files start first, so that `pytest -n 2 --dist loadfile` (make test) does not
-# end with one worker running a long file alone. A stable sort: order inside a file is kept.
+# The longest test files start first, so that `pytest -n 3 --dist loadfile` (make test) does not
+# end with one worker running a long file alone. xdist hands a worker its next file when two or
+# fewer of its tests are left, so the one-test test_servers.py is followed at once by
+# test_dvc_repro.py, while test_flow.py and test_postgres.py run on their own first. make test
+# passes --no-loadscope-reorder: xdist would otherwise reorder files by test count, the long
+# end-to-end files (few tests each) last. A stable sort: order inside a file is kept.
 _LONGEST_FIRST = (
-    "test_servers.py",
     "test_flow.py",
     "test_postgres.py",
-    "test_distributed.py",
+    "test_servers.py",
     "test_dvc_repro.py",
+    "test_distributed.py",
+    "test_dependencies.py",
 )
 
 
