@@ -131,8 +131,8 @@ class TrainParams(Section):
     consecutive mini-batches, one optimizer step each. The batches, their order and the weights are
     the same for any value; larger values spread Lightning's fixed per-call cost over more steps."""
     checkpoint_every_n_steps: Annotated[int, Field(ge=0)] = 0
-    """Write the resumable checkpoint every N optimizer steps (at the end of the first
-    ``training_step`` call that reaches each multiple of N) instead of at each epoch's end; 0: off."""
+    """Also write the resumable checkpoint every N optimizer steps (at the end of the first
+    ``training_step`` call that reaches each multiple of N); 0: at the end of each epoch only."""
 
     @model_validator(mode="after")
     def _architectures_unique(self) -> TrainParams:
