@@ -131,8 +131,12 @@ def test_real_servers_take_a_work_pool_deployment_record_a_registration_and_serv
         served = [row["class_id"] for row in answer["predictions"]]
         import mlflow
 
-        mlflow.set_tracking_uri(mlflow_uri)
-        local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(pixels)
+        from components.tracking import fluent_tracking
+
+        # Not mlflow.set_tracking_uri alone: the global would outlive this test and point the
+        # worker's later tests at this (stopped) server.
+        with fluent_tracking(mlflow_uri):
+            local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(pixels)
         assert served == local["class_id"].tolist()
         assert np.allclose(
             [row["probability"] for row in answer["predictions"]], local["probability"], atol=1e-6
