@@ -99,8 +99,9 @@ def prepare(
     source = DataParams() if data is None else DataParams(source="idx", path=str(data.resolve()))
     split = PreprocessParams() if data is None else PreprocessParams(val_fraction=0.1, test_fraction=0.2)
     if tile > 1:
-        images = np.concatenate([s.images for s in load_source(source).splits.values()])  # (N, C, H, W)
-        labels = np.concatenate([s.labels for s in load_source(source).splits.values()])  # (N,)
+        splits = load_source(source).splits.values()
+        images = np.concatenate([s.images for s in splits])  # (N, C, H, W)
+        labels = np.concatenate([s.labels for s in splits])  # (N,)
         archive = root / "tiled" / "tiled.npz"
         archive.parent.mkdir(parents=True)
         np.savez(
