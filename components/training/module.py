@@ -10,40 +10,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import MetricCollection
 
 from components.training.batches import Batch
+from components.training.metrics import Accuracy, BatchMean, MacroF1
 
 Stage = Literal["train", "val", "test"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test")
-
-
-class BatchMean(Metric):
-    """Mean of per-row values (a batch's mean loss counts once per row), accumulated on the device.
-
-    Each update adds a float32 sum and an integer row count, as Lightning's own epoch mean does;
-    states are summed across ranks under DDP.
-    (torchmetrics' ``MeanMetric`` checks for NaN with a host sync on every update, or, with that
-    check disabled, ignores the weights.)
-    """
-
-    full_state_update = False
-    total: torch.Tensor
-    count: torch.Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, value_sum: torch.Tensor, weight: int) -> None:
-        """Add ``value_sum`` (a sum of per-row values, on the device) over ``weight`` rows."""
-        self.total = self.total + value_sum.float()  # () float32
-        self.count = self.count + weight  # () int64
-
-    def compute(self) -> torch.Tensor:
-        return self.total / self.count
 
 
 class Classifier(L.LightningModule):
@@ -60,11 +33,11 @@ class Classifier(L.LightningModule):
     callback), which costs about as much as a small network's whole step on a CPU. Lightning counts
     every optimizer step (``global_step``); the per-call hooks see one call per block.
 
-    **No host sync inside a step.** Metrics are torchmetrics objects updated on the device once per
-    call and reduced once per epoch (and across processes under DDP): their argument checks are off
-    (``validate_args=False``; they call ``torch.unique`` and branch on it, a device-to-host sync),
-    and so are compute groups (merging them compares metric states with ``torch.allclose``, another
-    sync). The loss mean is a metric of the same kind (:class:`BatchMean`). All are logged per epoch.
+    **No host sync inside a step.** Metrics (:mod:`components.training.metrics`: loss mean, accuracy,
+    macro-F1) are torchmetrics ``Metric`` objects updated on the device once per call and reduced
+    once per epoch (and across processes under DDP); none of their updates reads a value back to
+    the host. Compute groups are off: merging them compares metric states with ``torch.allclose``,
+    a sync. All are logged per epoch.
 
     ``gradient_clip_val`` clips the gradient norm before every optimizer step (after the unscaling
     of ``16-mixed``). ``channels_last`` keeps the weights and every 4-D input in NHWC layout.
@@ -95,8 +68,8 @@ class Classifier(L.LightningModule):
             {
                 f"{stage}_metrics": MetricCollection(
                     {
-                        "acc": MulticlassAccuracy(num_classes, validate_args=False),
-                        "f1_macro": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+                        "acc": Accuracy(num_classes),
+                        "f1_macro": MacroF1(num_classes),
                     },
                     prefix=f"{stage}_",
                     compute_groups=False,
