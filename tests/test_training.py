@@ -159,6 +159,45 @@ def test_in_memory_batches_and_the_dataloader_train_identically(digits_project: 
     assert memory.info["weights_sha256"] == loader.info["weights_sha256"]
 
 
+class BackwardListener(Callback):
+    """Implements ``on_after_backward``: the run must take Lightning's full ``manual_backward``."""
+
+    def __init__(self) -> None:
+        self.backwards = 0
+        self.direct: list[bool] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.direct.append(bool(pl_module._direct_backward))  # type: ignore[attr-defined]
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.backwards += 1
+
+
+class DirectBackwardProbe(Callback):
+    """Records whether the module took the direct ``loss.backward()`` path (implements no backward hook)."""
+
+    def __init__(self) -> None:
+        self.direct: list[bool] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.direct.append(bool(pl_module._direct_backward))  # type: ignore[attr-defined]
+
+
+def test_direct_backward_is_taken_only_when_nobody_listens_and_trains_identically(
+    digits_project: Path,
+) -> None:
+    """One CPU process with no backward hooks calls ``loss.backward()`` directly; a callback that
+    implements ``on_after_backward`` gets Lightning's ``manual_backward`` and its hook once per
+    optimizer step. Both end with the same weights."""
+    probe, listener = DirectBackwardProbe(), BackwardListener()
+    direct = _run(digits_project, "models/direct", _params(max_epochs=2), callbacks=[probe])
+    hooked = _run(digits_project, "models/hooked", _params(max_epochs=2), callbacks=[listener])
+    assert probe.direct == [True, True]  # per epoch
+    assert listener.direct == [False, False]
+    assert listener.backwards == 2 * STEPS_PER_EPOCH
+    assert direct.info["weights_sha256"] == hooked.info["weights_sha256"]
+
+
 def test_training_without_prepared_data_names_the_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match=r"manifest\.json.*run the preprocess stage"):
         _run(tmp_path, "models/mlp", _params())

@@ -9,10 +9,10 @@ state, summed across ranks under DDP.
 
 Why not torchmetrics' ``MulticlassAccuracy`` / ``MulticlassF1Score``: under
 ``torch.use_deterministic_algorithms`` (which the Trainer switches on for CPU runs) their counting
-replaces ``torch.bincount`` with an ``(N, K*K)`` comparison table on every device, which cost more
-per block of 16 steps than a small network's optimizer step. ``torch.bincount`` is deterministic on
-the CPU, so it is used there; on accelerators it sizes its output from the input's maximum (a
-device-to-host sync), so the comparison table is used there instead.
+replaces ``torch.bincount`` with an ``(N, K*K)`` comparison table on every device: 1.0-1.4 ms per
+block of 16 steps on a 2-core CPU, half a small network's optimizer step (0.16-0.2 ms now).
+``torch.bincount`` is deterministic on the CPU, so it is used there; on accelerators it sizes its
+output from the input's maximum (a device-to-host sync), so the comparison table is used there.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import MetricCollection
 
@@ -78,6 +81,10 @@ class Classifier(L.LightningModule):
             }
         )
         self.losses = nn.ModuleDict({f"{stage}_loss": BatchMean() for stage in STAGES})
+        self._direct_backward = False  # decided in on_train_start, see backward_is_plain
+
+    def on_train_start(self) -> None:
+        self._direct_backward = backward_is_plain(self.trainer, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -121,7 +128,10 @@ class Classifier(L.LightningModule):
             # xb (B, ...), yb (B, K)
             loss, step_logits = self.model_step((xb, yb))
             optimizer.zero_grad()
-            self.manual_backward(loss)
+            if self._direct_backward:
+                loss.backward()  # all that manual_backward would do here (see backward_is_plain)
+            else:
+                self.manual_backward(loss)
             optimizer.step()  # clipped first, in on_before_optimizer_step
             losses.append(loss.detach())
             logits.append(step_logits.detach())
@@ -188,3 +198,31 @@ def build_optimizer(
     """
     fused = True if device.type == "cuda" and fused_ok else None
     return torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay, fused=fused)
+
+
+BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
+
+
+def backward_is_plain(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether Lightning's ``manual_backward`` would only call ``loss.backward()`` in this run.
+
+    It adds three things around the backward: the strategy's preparation (DDP's
+    ``prepare_for_backward``), the precision plugin's loss scaling (``16-mixed``), and the
+    ``on_before_backward`` / ``on_after_backward`` hooks of every callback and of the module. On one
+    device, with no loss scaler and no hook implemented by anyone, all three are no-ops, and their
+    dispatch alone (two rounds over every callback) cost about 0.2 ms per optimizer step on a 2-core
+    CPU, a tenth of a small network's step. A callback that implements either hook, a module that
+    overrides ``backward``, DDP or ``16-mixed`` each keep the full ``manual_backward``.
+    """
+    strategy = trainer.strategy
+    precision = strategy.precision_plugin
+    plain_precision = type(precision) is Precision or (
+        type(precision) is MixedPrecision and precision.scaler is None
+    )
+    listeners = [*trainer.callbacks, module]  # type: ignore[attr-defined]  # set by the callback connector
+    return (
+        type(strategy) is SingleDeviceStrategy
+        and plain_precision
+        and not is_overridden("backward", module)
+        and not any(is_overridden(hook, listener) for hook in BACKWARD_HOOKS for listener in listeners)
+    )
