@@ -8,14 +8,20 @@ clipping and batch order. What is timed:
 - **project**: :func:`components.training.train.train` (the function ``dvc repro`` runs, with its
   Trainer, callbacks, metrics and logging), timed by a callback from the start of each training
   epoch to the end of its last training batch. That covers every per-step cost of the stage (the
-  Lightning loop, the batch slicing, the torchmetrics updates, ``self.log``, callbacks, clipping)
-  and leaves out what happens once per epoch after the last step (validation, checkpoint files,
-  the MLflow metrics batch): those are reported separately as ``epoch_overhead_ms``.
+  Lightning loop, the batch slicing, the metric updates, callbacks, clipping) and leaves out what
+  happens once per epoch after the last step (validation, checkpoint files, the MLflow metrics
+  batch): those are reported separately as ``epoch_overhead_ms``.
 - **bare**: a ``for`` loop over the same batches: forward, cross-entropy, backward, clip, step.
 
-The first epoch of each side is a warm-up and is not timed. Each side runs ``--repeats`` times,
-alternating, and the best run of each is kept (the machine may be shared). Prints one line of
-``key=value`` figures per architecture.
+**Paired, epoch by epoch.** The bare loop runs inside the project's run: after each project epoch
+(after its validation, before its checkpoint) the bare loop runs two epochs of its own and the
+second is timed, so each timed bare epoch follows a bare epoch, as in a loop of its own. Both
+sides so see the same spells of a shared machine (on a 2-core VM, epoch times drift by 30% over
+seconds, which swamped run-by-run comparisons), and the bare side is never the one slowed by the
+stage's epoch-end work (the first step after validation runs on cold caches). The first epoch of
+each side is a warm-up. ``ratio`` is total bare time over total project time for the same number of
+images; ``--repeats`` pools several runs. Prints one line of ``key=value`` figures per
+architecture.
 
     uv run python bench/train_throughput.py                                   # bundled digits
     uv run python bench/train_throughput.py --data ../shared/data/mnist-10k    # MNIST (IDX files)
@@ -61,13 +67,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class EpochTimer(Callback):
-    """Seconds from each training epoch's start to the end of its last batch, and to the epoch's end."""
+class PairedEpochs(Callback):
+    """Times each project training epoch, then runs two bare epochs and times the second.
 
-    def __init__(self) -> None:
-        self.steps: list[float] = []  # per epoch: training batches only
-        self.whole: list[float] = []  # per epoch: up to on_train_epoch_end (validation, checkpoints)
+    ``steps``: per project epoch, its start to the end of its last batch; ``whole``: to the epoch's
+    end (validation included); ``bare``: the timed bare epochs, one per project epoch.
+    """
+
+    def __init__(self, bare: BareLoop) -> None:
+        self.bare_loop = bare
+        self.steps: list[float] = []
+        self.whole: list[float] = []
+        self.bare: list[float] = []
         self._start = 0.0
+        self._bare_epoch = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _sync(pl_module.device)
@@ -81,6 +94,10 @@ class EpochTimer(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _sync(pl_module.device)
         self.whole.append(time.perf_counter() - self._start)
+        with torch.enable_grad():
+            self.bare_loop.epoch(self._bare_epoch)  # untimed: the timed one follows a bare epoch
+            self.bare.append(self.bare_loop.epoch(self._bare_epoch + 1))
+        self._bare_epoch += 2
 
 
 def prepare(
@@ -121,8 +138,9 @@ def prepare(
     return root / "prepared"
 
 
-def run_project(params: Params, arch: str, prepared: Path, root: Path) -> EpochTimer:
-    timer = EpochTimer()
+def run_paired(params: Params, arch: str, prepared: Path, root: Path, device: torch.device) -> PairedEpochs:
+    """One run of the train stage with the bare loop's epochs interleaved (see the module docstring)."""
+    paired = PairedEpochs(BareLoop(params, arch, prepared, device))
     train(
         params,
         arch,  # type: ignore[arg-type]
@@ -130,9 +148,9 @@ def run_project(params: Params, arch: str, prepared: Path, root: Path) -> EpochT
         root / "models" / arch,
         work_root=root / ".work",
         project_root=root,
-        callbacks=[timer],
+        callbacks=[paired],
     )
-    return timer
+    return paired
 
 
 def _autocast(speed: SpeedSettings, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -143,54 +161,58 @@ def _autocast(speed: SpeedSettings, device: torch.device) -> contextlib.Abstract
     raise typer.BadParameter(f"the bare loop supports 32-true and bf16-mixed, not {speed.precision}")
 
 
-def run_bare(params: Params, arch: str, prepared: Path, device: torch.device) -> list[float]:
-    """The same training as the stage, written as a plain loop; seconds per epoch."""
-    data = load_prepared(prepared)
-    split = data.splits["train"]
-    x = torch.from_numpy(split.x).to(device)  # (N, C, H, W) resident on the device
-    y = torch.from_numpy(split.y).to(device)  # (N, K)
-    speed = resolve_speed(params.train, arch)
-    config = model_config(
-        arch,  # type: ignore[arg-type]
-        params.models,
-        data.stats.image_shape,
-        len(data.stats.class_names),
-    )
-    L.seed_everything(params.train.seed, workers=True, verbose=False)
-    model = build_model(arch, config).to(device)
-    if speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if speed.compile:
-        model.compile()
-    model.train()
-    train_params = params.train
-    optimizer = build_optimizer(
-        model.parameters(), train_params.learning_rate, train_params.weight_decay, device
-    )
-    sampler = EpochSampler(len(x), params.train.seed, shuffle=True)
-    batch_size, clip = params.train.batch_size, params.train.gradient_clip_val
-    seconds = []
-    with float32_matmul_precision(speed.matmul_precision):
-        for epoch in range(params.train.max_epochs):
-            sampler.set_epoch(epoch)
+class BareLoop:
+    """The same training as the stage, written as a plain loop, one epoch per :meth:`epoch` call."""
+
+    def __init__(self, params: Params, arch: str, prepared: Path, device: torch.device) -> None:
+        data = load_prepared(prepared)
+        split = data.splits["train"]
+        self.device = device
+        self.x = torch.from_numpy(split.x).to(device)  # (N, C, H, W) resident on the device
+        self.y = torch.from_numpy(split.y).to(device)  # (N, K)
+        self.speed = resolve_speed(params.train, arch)
+        config = model_config(
+            arch,  # type: ignore[arg-type]
+            params.models,
+            data.stats.image_shape,
+            len(data.stats.class_names),
+        )
+        L.seed_everything(params.train.seed, workers=True, verbose=False)
+        model = build_model(arch, config).to(device)
+        if self.speed.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.speed.compile:
+            model.compile()
+        self.model = model.train()
+        train_params = params.train
+        self.optimizer = build_optimizer(
+            model.parameters(), train_params.learning_rate, train_params.weight_decay, device
+        )
+        self.sampler = EpochSampler(len(self.x), train_params.seed, shuffle=True)
+        self.batch_size, self.clip = train_params.batch_size, train_params.gradient_clip_val
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch; its seconds."""
+        speed, device, model, optimizer = self.speed, self.device, self.model, self.optimizer
+        self.sampler.set_epoch(epoch)
+        with float32_matmul_precision(speed.matmul_precision):
             _sync(device)
             start = time.perf_counter()
-            order = sampler.order().to(device)  # (N,)
-            for first in range(0, len(order), batch_size):
-                index = order[first : first + batch_size]  # (B,)
-                xb, yb = x[index], y[index]  # (B, C, H, W), (B, K)
+            order = self.sampler.order().to(device)  # (N,)
+            for first in range(0, len(order), self.batch_size):
+                index = order[first : first + self.batch_size]  # (B,)
+                xb, yb = self.x[index], self.y[index]  # (B, C, H, W), (B, K)
                 if speed.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with _autocast(speed, device):
                     loss = F.cross_entropy(model(xb), yb)
                 optimizer.zero_grad()
                 loss.backward()
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                if self.clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
                 optimizer.step()
             _sync(device)
-            seconds.append(time.perf_counter() - start)
-    return seconds
+            return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -210,12 +232,12 @@ def _tracking(root: Path) -> Iterator[None]:
 def main(
     data: Annotated[Path | None, typer.Option(help="Folder of IDX files [default: the digits].")] = None,
     arch: Annotated[list[str] | None, typer.Option(help="Architecture(s) [default: all].")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs per run; the first is a warm-up.")] = 6,
+    epochs: Annotated[int, typer.Option(help="Epochs per run; the first is a warm-up.")] = 16,
     batch_size: Annotated[int | None, typer.Option(help="[default: train.batch_size]")] = None,
     accelerator: Annotated[str | None, typer.Option(help="[default: train.accelerator]")] = None,
     precision: Annotated[str | None, typer.Option(help="[default: train.precision]")] = None,
     compile: Annotated[bool | None, typer.Option(help="[default: train.compile]")] = None,
-    repeats: Annotated[int, typer.Option(help="Runs of each side; the best is kept.")] = 3,
+    repeats: Annotated[int, typer.Option(help="Paired runs, pooled.")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads [default: torch's].")] = None,
     steps_per_call: Annotated[int | None, typer.Option(help="[default: train.steps_per_call]")] = None,
     tile: Annotated[int, typer.Option(help="Repeat every image this many times (throughput only).")] = 1,
@@ -243,21 +265,17 @@ def main(
         with _tracking(root):
             for name in arch or list(ALL_ARCHITECTURES):
                 speed = resolve_speed(params.train, name)
-                project: list[EpochTimer] = []
-                bare: list[list[float]] = []
-                device = torch.device("cpu")
-                for repeat in range(repeats):
-                    timer = run_project(params, name, prepared, root / f"run{repeat}")
-                    project.append(timer)
-                    device = _project_device(root / f"run{repeat}" / "models" / name)
-                    bare.append(run_bare(params, name, prepared, device))
-                project_s = min(sum(t.steps[1:]) for t in project)
-                bare_s = min(sum(s[1:]) for s in bare)
+                device = torch.device(speed.device)  # the first device of its kind, as Lightning picks
+                runs = [run_paired(params, name, prepared, root / f"run{r}", device) for r in range(repeats)]
+                project_s = sum(sum(run.steps[1:]) for run in runs)  # the first epoch is a warm-up
+                bare_s = sum(sum(run.bare[1:]) for run in runs)
                 overhead_ms = min(
-                    1000 * sum(w - s for w, s in zip(t.whole[1:], t.steps[1:], strict=True)) / (epochs - 1)
-                    for t in project
+                    1000
+                    * sum(w - s for w, s in zip(run.whole[1:], run.steps[1:], strict=True))
+                    / (epochs - 1)
+                    for run in runs
                 )
-                images = n_train * (epochs - 1)
+                images = n_train * (epochs - 1) * repeats
                 figures = {
                     "arch": name,
                     "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -275,14 +293,6 @@ def main(
                     "epoch_overhead_ms": round(overhead_ms, 1),
                 }
                 print(" ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
-
-
-def _project_device(model_dir: Path) -> torch.device:
-    """The device the project's run trained on (recorded in train_info.json)."""
-    import json
-
-    info = json.loads((model_dir / "train_info.json").read_text(encoding="utf-8"))
-    return torch.device(info["device"])
 
 
 if __name__ == "__main__":
