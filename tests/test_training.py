@@ -159,20 +159,6 @@ def test_in_memory_batches_and_the_dataloader_train_identically(digits_project: 
     assert memory.info["weights_sha256"] == loader.info["weights_sha256"]
 
 
-class BackwardListener(Callback):
-    """Implements ``on_after_backward``: the run must take Lightning's full ``manual_backward``."""
-
-    def __init__(self) -> None:
-        self.backwards = 0
-        self.direct: list[bool] = []
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.direct.append(bool(pl_module._direct_backward))  # type: ignore[attr-defined]
-
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.backwards += 1
-
-
 class DirectBackwardProbe(Callback):
     """Records whether the module took the direct ``loss.backward()`` path (implements no backward hook)."""
 
@@ -181,6 +167,17 @@ class DirectBackwardProbe(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.direct.append(bool(pl_module._direct_backward))  # type: ignore[attr-defined]
+
+
+class BackwardListener(DirectBackwardProbe):
+    """Implements ``on_after_backward``: the run must take Lightning's full ``manual_backward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backwards = 0
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.backwards += 1
 
 
 def test_direct_backward_is_taken_only_when_nobody_listens_and_trains_identically(

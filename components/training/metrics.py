@@ -31,7 +31,9 @@ def confusion_counts(
     """
     cells = num_classes * num_classes
     index = target.long() * num_classes + predicted.long()  # (N,)
-    if not (index.device.type != "cpu" if sync_free is None else sync_free):
+    if sync_free is None:
+        sync_free = index.device.type != "cpu"
+    if not sync_free:
         return torch.bincount(index, minlength=cells)  # (K*K,)
     every_cell = torch.arange(cells, device=index.device)  # (K*K,)
     return (index[:, None] == every_cell).sum(dim=0)  # (N, K*K) -> (K*K,)
