@@ -44,7 +44,9 @@ from tests.servers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+# A hang guard, not a speed goal: PostgreSQL, two servers and two whole pipelines take about 1.5 min alone and
+# over 5 min when the other workers of `make test` share the machine's two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL_NAME = "digits-classifier"
 INIT_SCRIPT = REPO / "infra" / "postgres" / "init-databases.sh"

@@ -37,7 +37,9 @@ from tests.servers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+# A hang guard, not a speed goal: three servers and two CLI registrations take about 1.5 min alone and
+# over 5 min when the other workers of `make test` share the machine's two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL_NAME = "digits-classifier"
 
