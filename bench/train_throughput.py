@@ -13,12 +13,17 @@ clipping and batch order. What is timed:
   batch): those are reported separately as ``epoch_overhead_ms``.
 - **bare**: a ``for`` loop over the same batches: forward, cross-entropy, backward, clip, step.
 
+**Same epoch-end work, untimed.** The stage validates after every epoch and writes its
+checkpoint; the bare loop does the same between its epochs (a forward pass over the validation
+split at the evaluation batch size, then ``torch.save`` of the model and optimizer state to a file),
+untimed on both sides. It matters for the ratio only through the caches: on a 2-core CPU the first
+optimizer steps after a checkpoint write run 0.5-1 ms slower, and without that work a bare loop's
+epochs all start warm (``--no-bare-epoch-end`` measures that way).
+
 **Paired, epoch by epoch.** The bare loop runs inside the project's run: after each project epoch
-(after its validation, before its checkpoint) the bare loop runs two epochs of its own and the
-second is timed, so each timed bare epoch follows a bare epoch, as in a loop of its own. Both
-sides so see the same spells of a shared machine (on a 2-core VM, epoch times drift by 30% over
-seconds, which swamped run-by-run comparisons), and the bare side is never the one slowed by the
-stage's epoch-end work (the first step after validation runs on cold caches). The first epoch of
+(after its validation, before its checkpoint) the bare loop runs an epoch, its epoch-end work, and
+a second, timed epoch. Both sides so see the same spells of a shared machine (on a 2-core VM,
+epoch times drift by 30% over seconds, which swamped run-by-run comparisons). The first epoch of
 each side is a warm-up. ``ratio`` is total bare time over total project time for the same number of
 images; ``--repeats`` pools several runs. Prints one line of ``key=value`` figures per
 architecture.
@@ -96,6 +101,7 @@ class PairedEpochs(Callback):
         self.whole.append(time.perf_counter() - self._start)
         with torch.enable_grad():
             self.bare_loop.epoch(self._bare_epoch)  # untimed: the timed one follows a bare epoch
+            self.bare_loop.epoch_end()  # untimed, as the stage's validation and checkpoint
             self.bare.append(self.bare_loop.epoch(self._bare_epoch + 1))
         self._bare_epoch += 2
 
@@ -138,9 +144,12 @@ def prepare(
     return root / "prepared"
 
 
-def run_paired(params: Params, arch: str, prepared: Path, root: Path, device: torch.device) -> PairedEpochs:
+def run_paired(
+    params: Params, arch: str, prepared: Path, root: Path, device: torch.device, bare_epoch_end: bool = True
+) -> PairedEpochs:
     """One run of the train stage with the bare loop's epochs interleaved (see the module docstring)."""
-    paired = PairedEpochs(BareLoop(params, arch, prepared, device))
+    checkpoint = root / "bare.ckpt" if bare_epoch_end else None
+    paired = PairedEpochs(BareLoop(params, arch, prepared, device, checkpoint))
     train(
         params,
         arch,  # type: ignore[arg-type]
@@ -164,12 +173,17 @@ def _autocast(speed: SpeedSettings, device: torch.device) -> contextlib.Abstract
 class BareLoop:
     """The same training as the stage, written as a plain loop, one epoch per :meth:`epoch` call."""
 
-    def __init__(self, params: Params, arch: str, prepared: Path, device: torch.device) -> None:
+    def __init__(
+        self, params: Params, arch: str, prepared: Path, device: torch.device, checkpoint: Path | None = None
+    ) -> None:
         data = load_prepared(prepared)
         split = data.splits["train"]
         self.device = device
         self.x = torch.from_numpy(split.x).to(device)  # (N, C, H, W) resident on the device
         self.y = torch.from_numpy(split.y).to(device)  # (N, K)
+        self.val_x = torch.from_numpy(data.splits["val"].x).to(device)  # (V, C, H, W)
+        self.eval_batch_size = params.evaluate.batch_size
+        self.checkpoint = checkpoint  # None: no epoch-end work (see epoch_end)
         self.speed = resolve_speed(params.train, arch)
         config = model_config(
             arch,  # type: ignore[arg-type]
@@ -214,6 +228,22 @@ class BareLoop:
             _sync(device)
             return time.perf_counter() - start
 
+    def epoch_end(self) -> None:
+        """What the stage does after each epoch, plainly: validate, then save model and optimizer."""
+        if self.checkpoint is None:
+            return
+        model = self.model.eval()
+        with torch.inference_mode(), _autocast(self.speed, self.device):
+            for first in range(0, len(self.val_x), self.eval_batch_size):
+                xb = self.val_x[first : first + self.eval_batch_size]  # (B, C, H, W)
+                if self.speed.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                model(xb).argmax(dim=1)  # (B,)
+        model.train()
+        partial = self.checkpoint.with_name(self.checkpoint.name + ".partial")
+        torch.save({"model": model.state_dict(), "optimizer": self.optimizer.state_dict()}, partial)
+        os.replace(partial, self.checkpoint)
+
 
 @contextlib.contextmanager
 def _tracking(root: Path) -> Iterator[None]:
@@ -243,6 +273,9 @@ def main(
     tile: Annotated[int, typer.Option(help="Repeat every image this many times (throughput only).")] = 1,
     val_fraction: Annotated[float | None, typer.Option(help="[default: 0.1 with --data]")] = None,
     test_fraction: Annotated[float | None, typer.Option(help="[default: 0.2 with --data]")] = None,
+    bare_epoch_end: Annotated[
+        bool, typer.Option(help="Bare loop validates and checkpoints between epochs, as the stage.")
+    ] = True,
 ) -> None:
     """Print one ``key=value`` line per architecture: project and bare images/s and their ratio."""
     if threads is not None:
@@ -266,7 +299,10 @@ def main(
             for name in arch or list(ALL_ARCHITECTURES):
                 speed = resolve_speed(params.train, name)
                 device = torch.device(speed.device)  # the first device of its kind, as Lightning picks
-                runs = [run_paired(params, name, prepared, root / f"run{r}", device) for r in range(repeats)]
+                runs = [
+                    run_paired(params, name, prepared, root / f"run{r}", device, bare_epoch_end)
+                    for r in range(repeats)
+                ]
                 project_s = sum(sum(run.steps[1:]) for run in runs)  # the first epoch is a warm-up
                 bare_s = sum(sum(run.bare[1:]) for run in runs)
                 overhead_ms = min(
@@ -291,6 +327,7 @@ def main(
                     "images_per_s_bare": round(images / bare_s),
                     "ratio": round(bare_s / project_s, 3),
                     "epoch_overhead_ms": round(overhead_ms, 1),
+                    "bare_epoch_end": bare_epoch_end,
                 }
                 print(" ".join(f"{key}={value}" for key, value in figures.items()), flush=True)
 
