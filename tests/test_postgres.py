@@ -204,12 +204,14 @@ def _mlflow_runs_by_flow_run(services: Services) -> dict[str, list[dict[str, Any
     )["runs"]
     by_flow_run: dict[str, list[dict[str, Any]]] = {}
     for run in found:
-        by_flow_run.setdefault(_tags(run).get("prefect.flow_run_id", ""), []).append(run)
+        flow_run_id = _tags(run["data"].get("tags", [])).get("prefect.flow_run_id", "")
+        by_flow_run.setdefault(flow_run_id, []).append(run)
     return by_flow_run
 
 
-def _tags(run: dict[str, Any]) -> dict[str, str]:
-    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+def _tags(entries: list[dict[str, str]]) -> dict[str, str]:
+    """MLflow's REST ``[{"key": ..., "value": ...}]`` tag list (of a run or a model version) as a dict."""
+    return {t["key"]: t["value"] for t in entries}
 
 
 def _trained(runs: list[dict[str, Any]]) -> bool:
@@ -222,7 +224,7 @@ def _found_up_to_date(runs: list[dict[str, Any]]) -> bool:
     """Only the flow's parent run, which says training and evaluation were up to date."""
     if len(runs) != 1:
         return False
-    skipped = set(_tags(runs[0]).get("pipeline.skipped_stages", "").split(","))
+    skipped = set(_tags(runs[0]["data"].get("tags", [])).get("pipeline.skipped_stages", "").split(","))
     return {"train@mlp", "evaluate@mlp"} <= skipped
 
 
@@ -257,13 +259,13 @@ def test_the_registry_stays_consistent_when_two_pipelines_register_at_once(
     weights = {sha256_file(p / "models/mlp/weights.safetensors") for p in two_pipelines.values()}
     found = _mlflow(services, "model-versions/search", filter=f"name = '{MODEL_NAME}'", max_results="100")
     versions = found["model_versions"]
-    tags = [{t["key"]: t["value"] for t in v.get("tags", [])} for v in versions]
+    tags = [_tags(v.get("tags", [])) for v in versions]
     # One version per distinct set of weights, however the two registrations interleaved.
     assert sorted(t["weights.sha256"] for t in tags) == sorted(weights)
     assert all(t.get("registry.decision") in {"promoted", "kept"} for t in tags)
     champion = _mlflow(services, "registered-models/alias", name=MODEL_NAME, alias="champion")
     best = max(float(t["registry.value"]) for t in tags)
-    champion_tags = {t["key"]: t["value"] for t in champion["model_version"].get("tags", [])}
+    champion_tags = _tags(champion["model_version"].get("tags", []))
     assert float(champion_tags["registry.value"]) == best
     # The lease was let go: no lock model is left behind.
     models = _mlflow(services, "registered-models/search")
