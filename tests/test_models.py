@@ -13,7 +13,15 @@ import torch.nn.functional as F
 
 from components.config import ALL_ARCHITECTURES, Architecture, DataParams, ModelsParams
 from components.data.sources.digits import load_digits
-from components.models import build_model, config_from_dict, config_to_dict, count_parameters, model_config
+from components.models import (
+    RawPixelClassifier,
+    build_model,
+    class_probabilities,
+    config_from_dict,
+    config_to_dict,
+    count_parameters,
+    model_config,
+)
 from components.models.cnn import CNNConfig
 from components.training.batches import TensorBatches
 from components.training.module import Classifier
@@ -93,3 +101,24 @@ def test_each_architecture_overfits_64_samples(arch: Architecture) -> None:
         logits = module(x)
     assert F.cross_entropy(logits, y).item() < loss_before / 10
     assert (logits.argmax(dim=1) == labels).float().mean().item() == 1.0
+
+
+def test_written_out_softmax_matches_torch_softmax_and_cannot_overflow() -> None:
+    logits = torch.randn(4096, 10, generator=torch.Generator().manual_seed(0))
+    for scale in (1.0, 50.0, 1e4):  # 1e4: exp of an unshifted logit would be inf
+        expected = torch.softmax(logits * scale, dim=1)
+        got = class_probabilities(logits * scale)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(got).all()
+        assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_raw_pixel_classifier_normalises_as_preprocessing_did() -> None:
+    network = build_model("mlp", model_config("mlp", ModelsParams(), (2, 4, 4), num_classes=3)).eval()
+    mean, std = [3.0, -1.0], [2.0, 0.5]
+    pixels = torch.rand(6, 2, 4, 4) * 16  # (B, C, H, W) raw
+    normalised = (pixels - torch.tensor(mean).view(1, 2, 1, 1)) / torch.tensor(std).view(1, 2, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(network(normalised), dim=1)
+        got = RawPixelClassifier(network, mean, std)(pixels)
+    torch.testing.assert_close(got, expected)

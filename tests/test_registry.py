@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -16,9 +19,11 @@ from components.config import Params, validate_params
 from components.data.prepared import load_prepared
 from components.errors import TransientError
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
+from components.registry.pyfunc_model import import_networks
 from components.registry.register import (
     CHALLENGER,
     CHAMPION,
+    NETWORKS_DIR,
     champion_version,
     raw_pixels,
     register,
@@ -142,6 +147,48 @@ def test_registered_model_predicts_on_raw_pixels_what_the_trained_model_predicts
     assert logged.signature is not None
     assert tuple(logged.signature.inputs.inputs[0].shape) == (-1, 1, 8, 8)
     assert logged.saved_input_example_info is not None
+
+
+def test_registered_model_loads_and_predicts_without_this_project(
+    digits_project: Path, params: Params, models: dict[int, Path], tmp_path: Path
+) -> None:
+    """A new process in which importing ``components`` fails still loads and runs the model."""
+    prepared_dir = digits_project / "data/prepared"
+    decision = register(params, "mlp", models[2], prepared_dir, project_root=digits_project)
+    prepared = load_prepared(prepared_dir)
+    pixels = raw_pixels(prepared.splits["test"], prepared.stats)
+    np.save(tmp_path / "pixels.npy", pixels)
+    uri = f"models:/{registered_model_name(params)}/{decision.version}"
+    script = f"""
+import sys
+sys.modules["components"] = None  # any import of this project now raises ImportError
+import mlflow, numpy as np
+model = mlflow.pyfunc.load_model({uri!r})
+print(model.predict(np.load({str(tmp_path / "pixels.npy")!r}))["class_id"].tolist())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    in_process = mlflow.pyfunc.load_model(uri).predict(pixels)["class_id"].tolist()
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == in_process
+
+
+def test_shipped_architecture_code_is_imported_once_per_content(tmp_path: Path) -> None:
+    """Two copies of the same code share one module; a changed copy gets its own classes."""
+    same_a, same_b, changed = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder in (same_a, same_b, changed):
+        folder.mkdir()
+        for source in NETWORKS_DIR.glob("*.py"):
+            shutil.copyfile(source, folder / source.name)
+    (changed / "mlp.py").write_text((changed / "mlp.py").read_text() + "\nCHANGED = True\n")
+    first, second, other = import_networks(same_a), import_networks(same_b), import_networks(changed)
+    assert first is second
+    assert other is not first
+    assert other.MLP is not first.MLP
+    assert other.mlp.CHANGED is True
+    assert not hasattr(first.mlp, "CHANGED")
+    assert first.__name__ not in {"components.models", "models"}  # not the project's own package
 
 
 def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(

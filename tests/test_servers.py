@@ -140,6 +140,8 @@ def test_real_servers_take_a_work_pool_deployment_record_a_registration_and_serv
         with fluent_tracking(mlflow_uri):
             local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(pixels)
         assert served == local["class_id"].tolist()
+        names = prepared.stats.class_names
+        assert [row["class_name"] for row in answer["predictions"]] == [names[i] for i in served]
         assert np.allclose(
             [row["probability"] for row in answer["predictions"]], local["probability"], atol=1e-6
         )

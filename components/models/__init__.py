@@ -2,21 +2,40 @@
 
 :func:`model_config` turns ``params.yaml`` ``models.<arch>`` plus the data's shape into the
 architecture's config; :func:`build_model` turns a config (or its saved dict) into the module.
+
+This package imports only torch, and its modules import each other relatively: the registry ships
+a copy of it inside every registered model (see :mod:`components.registry.pyfunc_model`), where it
+is loaded under another name, without this project installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from components.config import Architecture, ModelsParams
-from components.models.cnn import CNN, CNNConfig
-from components.models.lstm import LSTMClassifier, LSTMConfig
-from components.models.mlp import MLP, MLPConfig
-from components.models.transformer import TransformerClassifier, TransformerConfig
+from .cnn import CNN, CNNConfig
+from .lstm import LSTMClassifier, LSTMConfig
+from .mlp import MLP, MLPConfig
+from .raw_pixels import RawPixelClassifier, class_probabilities
+from .transformer import TransformerClassifier, TransformerConfig
+
+if TYPE_CHECKING:  # annotations only: a registered model's copy of this package has no params module
+    from components.config import Architecture, ModelsParams
+
+__all__ = [
+    "REGISTRY",
+    "ModelConfig",
+    "RawPixelClassifier",
+    "build_model",
+    "class_probabilities",
+    "config_from_dict",
+    "config_to_dict",
+    "count_parameters",
+    "model_config",
+]
 
 ModelConfig = MLPConfig | CNNConfig | LSTMConfig | TransformerConfig
 

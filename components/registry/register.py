@@ -3,8 +3,9 @@
 The function behind the ``register`` stage (and the flow's register tasks). For one architecture:
 
 1. Package ``models/<arch>/`` as an MLflow ``pyfunc`` model (see :mod:`components.registry.pyfunc_model`):
-   raw pixels in, class ids and probabilities out, normalisation included; logged to the run that
-   trained it, with a signature and an input example.
+   its weights, config and statistics with a copy of the architecture code; raw pixels in, class
+   ids and probabilities out, normalisation included; logged to the run that trained it, with a
+   signature and an input example.
 2. Register it as a new version of ``register.model_name`` (one registered model per dataset) and
    point the alias ``challenger`` at it. Versions carry the lineage tags (architecture, data
    version, git commit, Prefect flow run, weights hash).
@@ -22,7 +23,7 @@ neither duplicate a version nor leave the worse model as ``champion``.
 
 from __future__ import annotations
 
-import json
+import shutil
 import tempfile
 import threading
 import warnings
@@ -33,6 +34,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import safetensors
 import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -45,16 +47,16 @@ from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
 from components.evaluation.metrics import classification_metrics
 from components.hashing import sha256_file
-from components.registry.exported import PROGRAM_FILE, export_program, save_program
 from components.registry.lease import registry_lease
 from components.tracking import Tracker, code_tags, experiment_name, fluent_tracking, tracking_error
-from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
+from components.training.artifacts import MODEL_CARD, STATS, WEIGHTS, check_same_data, load_trained_model
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 REPORT = "registration.json"
 MODEL_ARTIFACT = "model"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+NETWORKS_DIR = Path(__file__).resolve().parents[1] / "models"  # torch-only; copied into every model
 # Tags on each model version.
 WEIGHTS_TAG = "weights.sha256"
 DECISION_TAG = "registry.decision"
@@ -267,23 +269,28 @@ def _log_and_register(
             tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
         ).info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        program = save_program(export_program(trained.model.cpu(), trained.stats), Path(tmp) / PROGRAM_FILE)
-        meta = Path(tmp) / "meta.json"
-        meta.write_text(
-            json.dumps({"class_names": trained.stats.class_names, "image_shape": trained.stats.image_shape}),
-            encoding="utf-8",
-        )
+        networks = Path(tmp) / "networks"
+        networks.mkdir()
+        for source in sorted(NETWORKS_DIR.glob("*.py")):
+            shutil.copyfile(source, networks / source.name)
+        folder = Path(trained.folder)
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_HINT_WARNING)
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(PYFUNC_FILE),
-                artifacts={"program": str(program), "meta": str(meta)},
+                artifacts={
+                    "networks": str(networks),
+                    "card": str(folder / MODEL_CARD),
+                    "weights": str(folder / WEIGHTS),
+                    "stats": str(folder / STATS),
+                },
                 signature=signature(trained.stats.image_shape, trained.stats.class_names),
                 input_example=pixels[:2],
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"mlflow=={mlflow.__version__}",
+                    f"safetensors=={safetensors.__version__}",
                     "numpy",
                     "pandas",
                 ],
