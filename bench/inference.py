@@ -4,9 +4,9 @@ For every architecture trained in ``models/<arch>/`` (run ``make run`` first), i
 
 - **registered**: the model registered from that folder (logged and loaded exactly as the registry
   does it, into a temporary MLflow store), called as ``pyfunc.predict(raw_pixels)``: the MLflow
-  signature check, the exported program (normalisation + network + softmax) and the output table.
-- **bare**: ``network(normalised_x)`` under ``torch.no_grad``: the trained network alone on already
-  normalised tensors.
+  signature check, the wrapper (normalisation + network + softmax) and the output table.
+- **bare**: ``network(normalised_x).argmax(1)`` under ``torch.inference_mode``: the trained network
+  alone on already normalised tensors.
 
 Same images (the prepared test split, tiled to ``--images``), same batch size, same device (CPU:
 the registered model is a CPU program). The first pass of each side is a warm-up; each side runs
@@ -56,7 +56,7 @@ def _measure(
             model.predict(pixels[start : start + batch_size])
 
     def bare() -> None:
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, images, batch_size):
                 network(x[start : start + batch_size]).argmax(dim=1)
 

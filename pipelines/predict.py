@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from components.config import load_params
-from components.registry.predict import model_uri, predict_file
+from components.registry.predict import PREDICT_BATCH_SIZE, model_uri, predict_file
 from components.registry.register import CHAMPION, registered_model_name
 from pipelines._cli import console, run_stage
 
@@ -33,7 +33,7 @@ def main(
     model_name: Annotated[str | None, typer.Option(help="Registered model [default: from params].")] = None,
     version: Annotated[str | None, typer.Option(help="Model version [default: the alias].")] = None,
     alias: Annotated[str, typer.Option(help="Alias used when no version is given.")] = CHAMPION,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = 1024,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = PREDICT_BATCH_SIZE,
 ) -> None:
     """Load the registered model and write class id, name and probabilities for every image."""
 
