@@ -2,8 +2,10 @@
 # Issue 5's GPU checks in one command, for a lent GPU machine (within the device tool's 10-minute
 # call: give it timeout_s 600; the steps' limits add up to 9 minutes):
 # the GPU-marked tests, then bench/train_throughput.py on the digits, on an 8,000-image MNIST epoch
-# and on 60,000 images at batch 1024. Each step has its own time limit; a step that fails or runs
-# out is reported and the next one still runs.
+# and on 60,000 images at batch 1024, and, when models/ and data/prepared/ were carried too,
+# bench/inference.py (the registered model on the GPU; its 45 s take the limits past 9 minutes, so
+# then shorten the training steps with ARCHS). Each step has its own time limit; a step that fails
+# or runs out is reported and the next one still runs.
 #
 # Prepare here (the machine has no package index and does not see ../shared):
 #   uv run python bench/device_kit.py                                   # wheels it lacks -> .whl/
@@ -64,5 +66,9 @@ if [ -d "$mnist" ]; then
 else
     echo "!! $mnist not found: the MNIST steps are skipped (copy ../shared/data/mnist-10k there)"
     failed=1
+fi
+if [ -f models/cnn/weights.safetensors ] && [ -d data/prepared ]; then
+    # Only when models/ and data/prepared/ (from `make run`) were carried too: 45 s more in all.
+    step inference 45 python3 bench/inference.py --images 40960 --batch-size 8192 --repeats 3
 fi
 exit "$failed"

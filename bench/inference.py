@@ -8,8 +8,10 @@ For every architecture trained in ``models/<arch>/`` (run ``make run`` first), i
 - **bare**: ``network(normalised_x).argmax(1)`` under ``torch.inference_mode``: the trained network
   alone on already normalised tensors.
 
-Same images (the prepared test split, tiled to ``--images``), same batch size, same device (CPU:
-the registered model is a CPU program). The first pass of each side is a warm-up; each side runs
+Same images (the prepared test split, tiled to ``--images``, in host memory as a caller has them),
+same batch size, same device (``--device``, given to the registered model as
+``model_config={"device": ...}``; on a GPU both sides copy each batch over and its answer back,
+which also waits for the GPU). The first pass of each side is a warm-up; each side runs
 ``--repeats`` times, alternating, and the best is kept. Prints one ``key=value`` line per
 architecture.
 
@@ -31,6 +33,7 @@ import typer
 
 from components.config import ALL_ARCHITECTURES, load_params
 from components.data.prepared import load_prepared
+from components.models import inference_device
 from components.registry.register import register, registered_model_name
 from components.training.artifacts import load_trained_model
 
@@ -46,7 +49,13 @@ def _rate(run: Callable[[], None], images: int) -> float:
 
 
 def _measure(
-    model: Any, network: torch.nn.Module, pixels: np.ndarray, x: torch.Tensor, batch_size: int, repeats: int
+    model: Any,
+    network: torch.nn.Module,
+    pixels: np.ndarray,
+    x: torch.Tensor,
+    batch_size: int,
+    repeats: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """Best images/s of the registered model on raw pixels and of the bare network on ``x``."""
     images = len(pixels)
@@ -58,9 +67,10 @@ def _measure(
     def bare() -> None:
         with torch.inference_mode():
             for start in range(0, images, batch_size):
-                network(x[start : start + batch_size]).argmax(dim=1)
+                network(x[start : start + batch_size].to(device)).argmax(dim=1).cpu()
 
-    registered(), bare()  # warm-up
+    registered()  # warm-up
+    bare()
     rates = {"registered": 0.0, "bare": 0.0}
     for _ in range(repeats):  # alternating, best of each
         rates["registered"] = max(rates["registered"], _rate(registered, images))
@@ -74,6 +84,7 @@ def main(
     batch_size: Annotated[int, typer.Option(help="Images per predict call.")] = 1024,
     repeats: Annotated[int, typer.Option(help="Timed passes per side.")] = 5,
     project: Annotated[Path, typer.Option(help="Project with models/ and data/prepared/.")] = REPO,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:<n>.")] = "auto",
 ) -> None:
     """Print registered-model and bare-forward images/s per architecture."""
     import mlflow
@@ -87,6 +98,7 @@ def main(
     std = np.asarray(prepared.stats.std, np.float32)[None, :, None, None]
     pixels = (x * std + mean).astype(np.float32)  # (N, C, H, W) raw
     threads = torch.get_num_threads()
+    where = inference_device({"device": device})
     with tempfile.TemporaryDirectory() as store:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         for arch in ALL_ARCHITECTURES:
@@ -94,11 +106,12 @@ def main(
             if not (folder / "weights.safetensors").is_file():
                 continue
             decision = register(params, arch, folder, project / "data" / "prepared", project_root=store)
-            model = mlflow.pyfunc.load_model(f"models:/{registered_model_name(params)}/{decision.version}")
-            network = load_trained_model(folder).model
-            rates = _measure(model, network, pixels, torch.from_numpy(x), batch_size, repeats)
+            uri = f"models:/{registered_model_name(params)}/{decision.version}"
+            model = mlflow.pyfunc.load_model(uri, model_config={"device": str(where)})
+            network = load_trained_model(folder, device=where).model
+            rates = _measure(model, network, pixels, torch.from_numpy(x), batch_size, repeats, where)
             print(
-                f"bench=inference arch={arch} device=cpu threads={threads} images={images} "
+                f"bench=inference arch={arch} device={where} threads={threads} images={images} "
                 f"batch_size={batch_size} images_per_s_registered={rates['registered']:.0f} "
                 f"images_per_s_bare={rates['bare']:.0f} ratio={rates['registered'] / rates['bare']:.3f}",
                 flush=True,

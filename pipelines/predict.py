@@ -34,6 +34,9 @@ def main(
     version: Annotated[str | None, typer.Option(help="Model version [default: the alias].")] = None,
     alias: Annotated[str, typer.Option(help="Alias used when no version is given.")] = CHAMPION,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = PREDICT_BATCH_SIZE,
+    device: Annotated[
+        str, typer.Option(help="Where the network runs: auto (CUDA when present), cpu, cuda, cuda:<n>.")
+    ] = "auto",
 ) -> None:
     """Load the registered model and write class id, name and probabilities for every image."""
 
@@ -47,7 +50,7 @@ def main(
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            result = predict_file(uri, source, out, batch_size=batch_size, on_batch=advance)
+            result = predict_file(uri, source, out, batch_size=batch_size, device=device, on_batch=advance)
         console.print(f"predict: {len(result)} images with {uri} -> {out}", highlight=False, soft_wrap=True)
 
     run_stage("predict", body)

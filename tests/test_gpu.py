@@ -100,3 +100,30 @@ def test_compiled_cnn_trains_and_saves_plain_weights(digits_project: Path) -> No
     assert result.info["compile"] is True
     trained = load_trained_model(result.model_dir)  # plain state_dict keys, loads into an uncompiled CNN
     assert trained.architecture == "cnn"
+
+
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_registered_model_predicts_on_cuda_what_it_predicts_on_the_cpu(
+    digits_project: Path, arch: str
+) -> None:
+    """``model_config={"device": "cuda"}`` runs the registered network on the GPU, fp32: same classes."""
+    import mlflow
+    import numpy as np
+
+    from components.data.prepared import load_prepared
+    from components.registry.register import raw_pixels, register, registered_model_name
+
+    result, _ = _train(digits_project, arch)
+    params = validate_params(tiny_params())
+    prepared_dir = digits_project / "data" / "prepared"
+    decision = register(params, arch, result.model_dir, prepared_dir, project_root=digits_project)
+    prepared = load_prepared(prepared_dir)
+    pixels = raw_pixels(prepared.splits["test"], prepared.stats)
+    uri = f"models:/{registered_model_name(params)}/{decision.version}"
+    on_cpu = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"}).predict(pixels)
+    on_gpu = mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"}).predict(pixels)
+    assert mlflow.pyfunc.load_model(uri).unwrap_python_model().device.type == "cuda"  # auto
+    # atol 1e-2: a training earlier in this process may have turned on TF32 matmuls.
+    np.testing.assert_allclose(on_gpu["probability"], on_cpu["probability"], atol=1e-2)
+    agree = (on_gpu["class_id"] == on_cpu["class_id"]).mean()
+    assert agree >= 0.98, f"only {agree:.3f} of the classes agree"

@@ -20,6 +20,7 @@ from components.models import (
     config_from_dict,
     config_to_dict,
     count_parameters,
+    inference_device,
     model_config,
 )
 from components.models.cnn import CNNConfig
@@ -122,3 +123,13 @@ def test_raw_pixel_classifier_normalises_as_preprocessing_did() -> None:
         expected = torch.softmax(network(normalised), dim=1)
         got = RawPixelClassifier(network, mean, std)(pixels)
     torch.testing.assert_close(got, expected)
+
+
+def test_inference_device_reads_model_config_and_refuses_what_it_cannot_run_on() -> None:
+    assert inference_device(None) == inference_device({}) == inference_device({"device": "auto"})
+    assert inference_device({"device": "auto"}).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert inference_device({"device": "cpu"}) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"model_config\['device'\] = 'tpu'"):
+        inference_device({"device": "tpu"})
+    with pytest.raises(ValueError, match="no such CUDA device"):
+        inference_device({"device": f"cuda:{torch.cuda.device_count()}"})  # one past the last

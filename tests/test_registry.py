@@ -236,6 +236,18 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
         predict_file(uri, tmp_path / "wrong.npz", tmp_path / "wrong.csv")
     assert not (tmp_path / "wrong.csv").exists()
 
+    # A device this machine cannot run on is refused before anything loads or is written.
+    bad_device = CliRunner().invoke(
+        app, [str(folder), "--out", str(tmp_path / "tpu.csv"), "--model-name", name, "--device", "tpu"]
+    )
+    assert bad_device.exit_code != 0
+    assert "'tpu'" in bad_device.output
+    assert "'cuda:<n>'" in bad_device.output
+    assert not (tmp_path / "tpu.csv").exists()
+    # The CPU, named, predicts what the default predicts.
+    on_cpu = predict_file(uri, folder, tmp_path / "cpu.csv", device="cpu")
+    assert on_cpu["class_id"].tolist() == expected
+
 
 def test_registry_lease_keeps_out_a_second_holder_and_breaks_an_expired_one(tracking_uri: str) -> None:
     client = MlflowClient(tracking_uri)

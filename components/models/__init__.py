@@ -19,7 +19,7 @@ from torch import nn
 from .cnn import CNN, CNNConfig
 from .lstm import LSTMClassifier, LSTMConfig
 from .mlp import MLP, MLPConfig
-from .raw_pixels import RawPixelClassifier, class_probabilities
+from .raw_pixels import RawPixelClassifier, class_probabilities, inference_device
 from .transformer import TransformerClassifier, TransformerConfig
 
 if TYPE_CHECKING:  # annotations only: a registered model's copy of this package has no params module
@@ -34,6 +34,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "count_parameters",
+    "inference_device",
     "model_config",
 ]
 

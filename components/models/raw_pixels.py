@@ -3,11 +3,13 @@
 Normalisation (``stats.json``'s mean and std, applied exactly as preprocessing applied them) and
 the softmax sit around the network, so whoever loads the registered model feeds it the source's
 raw pixel values and needs neither this project's data code nor its statistics.
+:func:`inference_device` reads where a registered model runs from MLflow's ``model_config``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,3 +43,22 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     shifted = logits - logits.amax(dim=1, keepdim=True)  # (B, K), each row's largest is 0: no overflow
     exps = shifted.exp()  # (B, K)
     return exps / exps.sum(dim=1, keepdim=True)  # (B, K), rows sum to 1
+
+
+def inference_device(model_config: Mapping[str, Any] | None) -> torch.device:
+    """The device ``model_config["device"]`` names; an unknown name, or a device this machine lacks,
+    is refused with the key named."""
+    name = str((model_config or {}).get("device", "auto"))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"model_config['device'] = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:<n>'")
+    if device.type == "cuda" and not (
+        torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    ):
+        raise ValueError(f"model_config['device'] = {name!r}: this machine has no such CUDA device")
+    return device

@@ -20,7 +20,8 @@ import pandas as pd
 
 from components.atomic import atomic_write_text
 from components.data.idx import read_idx
-from components.errors import DataSourceError, DataValidationError
+from components.errors import DataSourceError, DataValidationError, PipelineError
+from components.models import inference_device
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IDX_MARKERS = ("-ubyte", ".idx")
@@ -104,15 +105,22 @@ def predict_file(
     out_csv: Path | str,
     *,
     batch_size: int = PREDICT_BATCH_SIZE,
+    device: str = "auto",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Predict every image of ``source`` with the model at ``uri``; write ``out_csv`` atomically.
 
+    ``device`` is where the network runs (``auto``: a CUDA device when there is one, ``cpu``,
+    ``cuda[:<n>]``); models registered before the eager wrapper always run on the CPU.
     ``on_batch(done, total)`` is called after each batch (a progress bar).
     """
+    try:
+        inference_device({"device": device})
+    except ValueError as exc:
+        raise PipelineError(f"predict: {exc}") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-        model = mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
     schema = model.metadata.get_input_schema()
     shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else None  # (C, H, W)
     inputs = read_inputs(source, channels=int(shape[0]) if shape else 1)

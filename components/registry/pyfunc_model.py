@@ -12,7 +12,9 @@ the train stage's ``models/<arch>/`` and the project at registration:
 - ``stats`` (``stats.json``): the normalisation, ``class_names`` (index = class id) and ``image_shape``
 
 The network runs eagerly, as in training, so PyTorch's fused inference kernels (the transformer
-encoder's fast path, the LSTM's) apply; a ``torch.export`` graph loses them.
+encoder's fast path, the LSTM's) apply; a ``torch.export`` graph loses them. It runs on the device
+that ``model_config={"device": ...}`` names at load time: ``auto`` (the default: the first CUDA
+device when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
 
 Input: raw pixels, ``(N, C, H, W)`` float32 (the signature's tensor spec; over REST,
 ``{"inputs": [...]}``). Output: a DataFrame with ``class_id``, ``class_name`` (categorical: its
@@ -80,7 +82,9 @@ class RegisteredClassifier(PythonModel):
         architecture = card["architecture"]
         network = networks.build_model(architecture, networks.config_from_dict(architecture, card["config"]))
         network.load_state_dict(load_file(context.artifacts["weights"]))
-        self.module = networks.RawPixelClassifier(network, stats["mean"], stats["std"]).eval()
+        self.device = networks.inference_device(getattr(context, "model_config", None))
+        module = networks.RawPixelClassifier(network, stats["mean"], stats["std"])
+        self.module = module.to(self.device).eval()
         self.class_names: list[str] = list(stats["class_names"])
         self.image_shape: list[int] = list(stats["image_shape"])
         # class_name is categorical: its codes are the class ids, so no string is built per row.
@@ -92,7 +96,7 @@ class RegisteredClassifier(PythonModel):
         pixels = np.asarray(model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else model_input)
         pixels = pixels.astype(np.float32, copy=False).reshape(-1, *self.image_shape)  # (N, C, H, W)
         with torch.inference_mode():
-            probabilities = self.module(torch.from_numpy(pixels))  # (N, K)
+            probabilities = self.module(torch.from_numpy(pixels).to(self.device)).cpu()  # (N, K)
             top, class_ids = probabilities.max(dim=1)  # (N,) probability and id of each row's class
         ids = class_ids.numpy()
         # One DataFrame from whole columns: inserting columns one by one costs more than the model.
