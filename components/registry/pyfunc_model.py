@@ -62,8 +62,9 @@ def import_networks(folder: str | Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
+    except BaseException:  # leave no half-imported package (or submodule) to be found next time
+        for key in [k for k in sys.modules if k == name or k.startswith(f"{name}.")]:
+            del sys.modules[key]
         raise
     return module
 
