@@ -3,6 +3,7 @@ ability to fit 64 samples exactly through the shared LightningModule."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -123,6 +124,37 @@ def test_raw_pixel_classifier_normalises_as_preprocessing_did() -> None:
         expected = torch.softmax(network(normalised), dim=1)
         got = RawPixelClassifier(network, mean, std)(pixels)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape", "folds"),
+    [
+        ("mlp", (2, 8, 8), True),
+        ("lstm", (2, 7, 5), True),
+        ("transformer", (2, 8, 12), True),
+        ("transformer", (2, 9, 9), False),  # padded to 12x12: the padding is normalised zeros
+        ("cnn", (2, 8, 8), False),  # its convolutions zero-pad the normalised image
+    ],
+)
+def test_folding_the_normalisation_into_the_first_layer_gives_the_same_probabilities(
+    arch: Architecture, shape: tuple[int, int, int], folds: bool
+) -> None:
+    torch.manual_seed(0)
+    network = build_model(arch, model_config(arch, ModelsParams(), shape, num_classes=5)).eval()
+    for parameter in network.parameters():  # trained-looking weights, not the initial ones
+        parameter.data.add_(torch.randn_like(parameter) * 0.1)
+    mean, std = [100.0, 20.0], [60.0, 5.0]  # per channel, far apart: a channel mix-up shows
+    pixels = torch.rand(16, *shape) * torch.tensor([255.0, 40.0]).view(1, 2, 1, 1)  # (B, C, H, W) raw
+    with torch.no_grad():
+        normalising = RawPixelClassifier(network, mean, std)
+        expected = normalising(pixels)
+        folded = RawPixelClassifier(copy.deepcopy(network), mean, std, fold_normalisation=True)
+        got = folded(pixels)
+    assert not normalising.folded
+    assert folded.folded is folds
+    pairs = zip(network.state_dict().values(), folded.network.state_dict().values(), strict=True)
+    assert any(not torch.equal(before, after) for before, after in pairs) is folds  # rewritten iff folded
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_inference_device_reads_model_config_and_refuses_what_it_cannot_run_on() -> None:

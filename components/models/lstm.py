@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .raw_pixels import fold_into_affine
+
 
 @dataclass(frozen=True)
 class LSTMConfig:
@@ -57,3 +59,18 @@ class LSTMClassifier(nn.Module):
             steps = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # (B, C, H, W) -> (B, H, C*W)
         _, (hidden, _) = self.lstm(steps)  # hidden: (num_layers, B, hidden_size)
         return self.head(hidden[-1])  # (B, hidden_size) -> (B, num_classes)
+
+    def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:
+        """Make the first LSTM layer's input weights take raw pixel rows (see
+        :class:`RawPixelClassifier`); token input has nothing to fold.
+
+        ``mean``, ``std``: ``(C,)`` per channel; a step's ``C*W`` features are channel-major.
+        """
+        if self.embedding is not None or len(mean) != self.config.input_shape[0]:
+            return False
+        width = self.config.input_shape[2]
+        per_input = mean.repeat_interleave(width), std.repeat_interleave(width)  # (C*W,) each
+        fold_into_affine(
+            self.lstm.get_parameter("weight_ih_l0"), self.lstm.get_parameter("bias_ih_l0"), *per_input
+        )
+        return True

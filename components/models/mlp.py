@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .raw_pixels import fold_into_affine
+
 
 @dataclass(frozen=True)
 class MLPConfig:
@@ -34,3 +36,19 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, *input_shape) -> logits (B, num_classes)
         return self.net(x)
+
+    def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:
+        """Make the first linear layer take raw pixels (see :class:`RawPixelClassifier`).
+
+        ``mean``, ``std``: ``(C,)`` per channel; the flattened input is channel-major.
+        """
+        channels = self.config.input_shape[0]
+        if len(self.config.input_shape) != 3 or len(mean) != channels:
+            return False
+        per_channel = math.prod(self.config.input_shape[1:])  # H*W features per channel
+        first = self.net[1]
+        assert isinstance(first, nn.Linear)
+        fold_into_affine(
+            first.weight, first.bias, mean.repeat_interleave(per_channel), std.repeat_interleave(per_channel)
+        )
+        return True

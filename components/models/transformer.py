@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .raw_pixels import fold_into_affine
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -93,3 +95,19 @@ class TransformerClassifier(nn.Module):
         encoded = self.norm(self.encoder(tokens))  # (B, T', d_model)
         pooled = encoded[:, 0] if self.cls_token is not None else encoded.mean(dim=1)  # (B, d_model)
         return self.head(pooled)  # (B, num_classes)
+
+    def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:
+        """Make the patch projection take raw pixels (see :class:`RawPixelClassifier`).
+
+        Only when the image needs no padding: the zeros padded in are zeros of the *normalised*
+        image. Token input has nothing to fold. ``mean``, ``std``: ``(C,)`` per channel.
+        """
+        if self.config.vocab_size is not None or len(mean) != self.config.input_shape[0]:
+            return False
+        if self.config.padded_hw != tuple(self.config.input_shape[1:]):
+            return False
+        embed = self.embed
+        assert isinstance(embed, nn.Conv2d)
+        assert embed.bias is not None
+        fold_into_affine(embed.weight, embed.bias, mean.view(-1, 1, 1), std.view(-1, 1, 1))  # (C, 1, 1)
+        return True

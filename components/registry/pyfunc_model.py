@@ -84,7 +84,7 @@ class RegisteredClassifier(PythonModel):
         network = networks.build_model(architecture, networks.config_from_dict(architecture, card["config"]))
         network.load_state_dict(load_file(context.artifacts["weights"]))
         self.device = networks.inference_device(getattr(context, "model_config", None))
-        module = networks.RawPixelClassifier(network, stats["mean"], stats["std"])
+        module = networks.RawPixelClassifier(network, stats["mean"], stats["std"], fold_normalisation=True)
         self.module = module.to(self.device).eval()
         self.class_names: list[str] = list(stats["class_names"])
         self.image_shape: list[int] = list(stats["image_shape"])
