@@ -42,8 +42,7 @@ class MLP(nn.Module):
 
         ``mean``, ``std``: ``(C,)`` per channel; the flattened input is channel-major.
         """
-        channels = self.config.input_shape[0]
-        if len(self.config.input_shape) != 3 or len(mean) != channels:
+        if len(self.config.input_shape) != 3 or len(mean) != self.config.input_shape[0]:
             return False
         per_channel = math.prod(self.config.input_shape[1:])  # H*W features per channel
         first = self.net[1]

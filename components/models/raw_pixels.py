@@ -23,9 +23,9 @@ class RawPixelClassifier(nn.Module):
 
     ``fold_normalisation=True`` asks the network to absorb the normalisation into its first layer
     (its ``fold_input_normalisation(mean (C,), std (C,)) -> bool`` method, which rewrites that
-    layer's weights in place and says whether it could): the normalised pass over the input, as
-    long as the network's own first layer on a small network, is then skipped. Outputs equal the
-    unfolded ones up to float rounding. The cnn cannot fold (its convolution zero-pads the
+    layer's weights in place and says whether it could). The normalisation's full pass over the
+    batch, on a small network as long as the first layer itself, is then skipped. Outputs equal
+    the unfolded ones up to float rounding. The cnn cannot fold (its convolution zero-pads the
     *normalised* image), nor can token models; they keep the explicit normalisation.
     """
 
