@@ -120,7 +120,9 @@ def test_registered_model_predicts_on_cuda_what_it_predicts_on_the_cpu(
     prepared = load_prepared(prepared_dir)
     pixels = raw_pixels(prepared.splits["test"], prepared.stats)
     uri = f"models:/{registered_model_name(params)}/{decision.version}"
-    on_cpu = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"}).predict(pixels)
+    cpu_model = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})
+    assert cpu_model.unwrap_python_model().device.type == "cpu"  # not silently "auto"
+    on_cpu = cpu_model.predict(pixels)
     on_gpu = mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"}).predict(pixels)
     assert mlflow.pyfunc.load_model(uri).unwrap_python_model().device.type == "cuda"  # auto
     # atol 1e-2: a training earlier in this process may have turned on TF32 matmuls.

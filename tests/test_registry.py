@@ -14,11 +14,13 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from safetensors.torch import load_file, save_file
 
 from components.config import Params, validate_params
 from components.data.prepared import load_prepared
-from components.errors import TransientError
+from components.errors import PipelineError, TransientError
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
+from components.registry.predict import predict_file
 from components.registry.pyfunc_model import import_networks
 from components.registry.register import (
     CHALLENGER,
@@ -174,6 +176,58 @@ print(model.predict(np.load({str(tmp_path / "pixels.npy")!r}))["class_id"].tolis
     assert json.loads(done.stdout.strip().splitlines()[-1]) == in_process
 
 
+def test_registered_model_runs_where_model_config_says_and_old_versions_refuse_a_device(
+    digits_project: Path,
+    params: Params,
+    models: dict[int, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``model_config={"device": ...}`` reaches the wrapper (MLflow drops keys a model was not logged
+    with), at load time and through ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` (how ``mlflow models serve``
+    takes it); a version logged without the setting is refused a device rather than ignoring it."""
+    prepared_dir = digits_project / "data/prepared"
+    name = registered_model_name(params)
+    decision = register(params, "mlp", models[1], prepared_dir, project_root=digits_project)
+    uri = f"models:/{name}/{decision.version}"
+    assert mlflow.pyfunc.load_model(uri).model_config == {"device": "auto"}
+    on_cpu = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})
+    assert on_cpu.unwrap_python_model().device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"model_config\['device'\] = 'cuda:63'.*no such CUDA device"):
+        mlflow.pyfunc.load_model(uri, model_config={"device": "cuda:63"})
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", json.dumps({"device": "cuda:63"}))
+        with pytest.raises(ValueError, match="'cuda:63'"):
+            mlflow.pyfunc.load_model(uri)
+
+    # A version logged as before this setting existed (other weights, so a new version).
+    old = tmp_path / "old-mlp"
+    shutil.copytree(models[1], old)
+    weights = load_file(old / "weights.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1e-3
+    save_file(weights, old / "weights.safetensors")
+    log_model = mlflow.pyfunc.log_model
+
+    def log_without_model_config(*args: object, **kwargs: object) -> object:
+        kwargs.pop("model_config")
+        return log_model(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mlflow.pyfunc, "log_model", log_without_model_config)
+        old_version = register(params, "mlp", old, prepared_dir, project_root=digits_project).version
+    assert old_version != decision.version
+    old_uri = f"models:/{name}/{old_version}"
+    assert mlflow.pyfunc.load_model(old_uri).model_config == {}
+    prepared = load_prepared(prepared_dir)
+    images = raw_pixels(prepared.splits["test"], prepared.stats)  # (N, 1, 8, 8)
+    np.savez(tmp_path / "images.npz", x=images[:, 0])
+    with pytest.raises(PipelineError, match=r"without a device setting.*--device auto"):
+        predict_file(old_uri, tmp_path / "images.npz", tmp_path / "old.csv", device="cpu")
+    assert not (tmp_path / "old.csv").exists()
+    assert len(predict_file(old_uri, tmp_path / "images.npz", tmp_path / "old.csv")) == len(images)
+
+
 def test_shipped_architecture_code_is_imported_once_per_content(tmp_path: Path) -> None:
     """Two copies of the same code share one module; a changed copy gets its own classes."""
     same_a, same_b, changed = tmp_path / "a", tmp_path / "b", tmp_path / "c"
@@ -199,7 +253,6 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
 
     from components.data.idx import write_idx
     from components.errors import DataValidationError
-    from components.registry.predict import predict_file
     from pipelines.predict import app
 
     prepared_dir = digits_project / "data/prepared"

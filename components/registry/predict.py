@@ -111,7 +111,8 @@ def predict_file(
     """Predict every image of ``source`` with the model at ``uri``; write ``out_csv`` atomically.
 
     ``device`` is where the network runs (``auto``: a CUDA device when there is one, ``cpu``,
-    ``cuda[:<n>]``); models registered before the eager wrapper always run on the CPU.
+    ``cuda[:<n>]``). Versions registered before the registry declared the ``device`` setting take
+    ``auto`` only: naming a device for one of them is refused rather than silently ignored.
     ``on_batch(done, total)`` is called after each batch (a progress bar).
     """
     try:
@@ -121,6 +122,13 @@ def predict_file(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+    if device != "auto" and model.model_config.get("device") != device:
+        # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
+        raise PipelineError(
+            f"predict: {uri} was registered without a device setting, so --device {device} cannot "
+            "apply to it; use --device auto (a CUDA device when there is one), with "
+            "CUDA_VISIBLE_DEVICES= to keep it on the CPU"
+        )
     schema = model.metadata.get_input_schema()
     shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else None  # (C, H, W)
     inputs = read_inputs(source, channels=int(shape[0]) if shape else 1)

@@ -287,6 +287,9 @@ def _log_and_register(
                 },
                 signature=signature(trained.stats.image_shape, trained.stats.class_names),
                 input_example=pixels[:2],
+                # Declares the load-time settings the wrapper reads: MLflow drops any key a model was
+                # not logged with, so without this model_config={"device": "cpu"} would be ignored.
+                model_config={"device": "auto"},
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"mlflow=={mlflow.__version__}",
