@@ -29,12 +29,14 @@ Architecture = Literal["mlp", "cnn", "lstm", "transformer"]
 ALL_ARCHITECTURES: tuple[Architecture, ...] = typing.get_args(Architecture)
 
 PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy's and Lightning's seeding accept
 
 
 class Section(BaseModel):
-    """Base for every section: unknown keys and type coercion are errors, values are frozen."""
+    """Base for every section: unknown keys, type coercion and ``.inf``/``.nan`` are errors, values
+    are frozen. (An infinite learning rate would train to NaN weights without a single error.)"""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DataParams(Section):
@@ -55,10 +57,11 @@ class DataParams(Section):
 class PreprocessParams(Section):
     """How the ingested pool is split (read by the ``preprocess`` stage)."""
 
-    seed: Annotated[int, Field(ge=0)] = 42
+    seed: Seed = 42
     """Seed of the stratified split; same seed and same input give byte-identical output."""
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    """Share of the training pool held out for validation (early stopping, model selection)."""
+    """Share held out for validation (early stopping, model selection): of the source's training
+    split when it has a test split of its own, else of the whole pool, like ``test_fraction``."""
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     """Share of the pool held out for testing, used only when the source has no test split of its
     own (``digits``, a single IDX pair, one image folder, an npz without test arrays)."""
@@ -85,7 +88,7 @@ class TrainParams(Section):
 
     architectures: Annotated[list[Architecture], Field(min_length=1)] = list(ALL_ARCHITECTURES)
     """Architectures to train; each one is a parallel branch of the pipeline."""
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
     """Seed of weight initialisation, batch order and dropout."""
     max_epochs: PositiveInt = 40
     """Upper bound on training epochs."""

@@ -3,14 +3,17 @@
 Wiring only: every task calls the component function its DVC stage calls. Training on one device
 runs in this process, one architecture at a time (training seeds process-wide random generators and
 sets torch's deterministic mode, so two at once would change each other's results); training on
-several devices or nodes runs the stage's own command under ``torchrun`` (see
-:mod:`components.training.launch`). DVC stays the
+several devices runs the stage's own command under ``torchrun`` (see
+:mod:`components.training.launch`), one launch at a time, since each takes every device it names.
+Several nodes are beyond one flow run: each node must start its own processes (``infra/slurm``,
+``infra/k8s``), so the flow refuses ``train.num_nodes`` > 1 before it starts. DVC stays the
 record: a stage DVC reports up to date is skipped, and each stage that ran is committed to
 ``dvc.lock`` (see :mod:`components.dvc_sync`), so ``dvc status`` is clean after a flow run.
 
 - Architectures are submitted concurrently and each one's evaluate starts when its own training is
   done; the in-process work (one-device training, evaluate, register) takes turns, so results do
-  not depend on timing, while ``torchrun`` trainings run side by side in their own processes.
+  not depend on timing; ``torchrun`` trainings take turns with each other (the in-process
+  evaluation and registration of a trained architecture run meanwhile).
   Registrations run one at a time in ``train.architectures`` order (version numbers and the
   champion among equals do not depend on which training finished first).
 - Retries only for transient failures (a tracking server that did not answer), never bad input.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,7 +46,7 @@ from components.data.ingest import ingest
 from components.data.prepared import data_version
 from components.data.preprocess import preprocess
 from components.dvc_sync import DvcStages, run_unless_up_to_date
-from components.errors import is_transient
+from components.errors import ParamsError, is_transient
 from components.torch_turns import one_at_a_time
 
 # torch, Lightning and MLflow (train, evaluate, register, tracking) are imported by the tasks that
@@ -54,6 +58,9 @@ if TYPE_CHECKING:
 FLOW_NAME = "training-pipeline"
 RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
 REGISTRATION = "reports/registration.json"
+# One multi-process training at a time: each torchrun starts a process on every device it names
+# (``train.devices: auto`` = all GPUs), so two at once would share every GPU and its memory.
+_ONE_LAUNCH = threading.Lock()
 
 
 def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -116,10 +123,11 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
 
     def launched() -> None:
         env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
-        launch_training(
-            run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags, env=env,
-            on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
-        )  # fmt: skip
+        with _ONE_LAUNCH:
+            launch_training(
+                run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags, env=env,
+                on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
+            )  # fmt: skip
 
     def in_process() -> None:
         one_at_a_time(
@@ -186,7 +194,11 @@ def effective_params(
     data_source: str | None,
     overrides: dict[str, Any] | None,
 ) -> Params:
-    """``params_file`` with the flow parameters applied, validated by the same schema as the stages."""
+    """``params_file`` with the flow parameters applied, validated by the same schema as the stages.
+
+    ``train.num_nodes`` > 1 is refused here, before anything runs: one flow run starts processes on
+    its own machine only, and the other nodes' processes must be started there (SLURM, Kubernetes).
+    """
     chosen: dict[str, Any] = dict(overrides or {})
     for key, value in (
         ("train.architectures", architectures),
@@ -195,7 +207,15 @@ def effective_params(
     ):
         if value is not None:
             chosen[key] = value
-    return load_params(params_file, chosen)
+    params = load_params(params_file, chosen)
+    if params.train.num_nodes > 1:
+        raise ParamsError(
+            f"train.num_nodes: {params.train.num_nodes}: the flow trains on its own machine only; start "
+            "the train stage on every node (infra/slurm/train.sbatch, infra/k8s/train-job.yaml, or "
+            "torchrun with a rendezvous: README 'Running on a GPU cluster') and run the flow with "
+            "train.num_nodes: 1"
+        )
+    return params
 
 
 @flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)  # type: ignore[arg-type]
@@ -271,18 +291,13 @@ def main(
     summary: Annotated[bool, typer.Option(help="Print the results table at the end.")] = True,
 ) -> None:
     """Run the flow once, now, and print the results table."""
-    import yaml
-
-    from pipelines._cli import run_stage, set_offline_defaults
+    from pipelines._cli import key_overrides, run_stage, set_offline_defaults
 
     set_offline_defaults()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
     def body() -> None:
-        overrides = {}
-        for pair in set_ or []:
-            key, _, value = pair.partition("=")
-            overrides[key] = yaml.safe_load(value)
+        overrides = key_overrides(set_ or [])
         training_pipeline(
             project_root=str(project_root),
             params_file=params_file,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
@@ -62,3 +63,22 @@ def run_tags(pairs: list[str]) -> dict[str, str]:
             raise ParamsError(f"--tag {pair!r}: expected KEY=VALUE")
         tags[key] = value
     return tags
+
+
+def key_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.max_epochs=3", ...]`` from ``--set`` options: dotted key to its YAML value.
+
+    A pair without ``=`` is refused rather than read as ``key: null`` (which a nullable key would
+    accept silently); the values are then checked by the params schema like any other setting.
+    """
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set {pair!r}: expected KEY=VALUE (a YAML value; KEY=null for null)")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ParamsError(f"--set {pair!r}: the value is not valid YAML ({problem})") from None
+    return overrides

@@ -35,8 +35,12 @@ def main(
     alias: Annotated[str, typer.Option(help="Alias used when no version is given.")] = CHAMPION,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = PREDICT_BATCH_SIZE,
     device: Annotated[
-        str, typer.Option(help="Where the network runs: auto (CUDA when present), cpu, cuda, cuda:<n>.")
-    ] = "auto",
+        str | None,
+        typer.Option(
+            help="Where the network runs: auto (CUDA when present), cpu, cuda, cuda:<n> "
+            "(default: the model's setting, auto unless MLFLOW_PYFUNC_INFERENCE_CONFIG names one)."
+        ),
+    ] = None,
 ) -> None:
     """Load the registered model and write class id, name and probabilities for every image."""
 

@@ -26,8 +26,10 @@ def main(
         settings = load_params(params)
         # Imported after the settings are validated: a bad params.yaml fails in a second, not after
         # the ~15 s it takes to import torch, Lightning and MLflow.
-        from components.registry.register import champion_version, register, write_report
+        from components.registry.register import champion_version, check_registrable, register, write_report
 
+        for arch in settings.train.architectures:  # all readable first: a broken one registers none
+            check_registrable(arch, models / arch, prepared)
         decisions = []
         for arch in settings.train.architectures:
             decision = register(settings, arch, models / arch, prepared, project_root=params.parent)

@@ -27,11 +27,13 @@ from components.training.batches import EpochSampler, TensorBatches, streaming_l
 from components.training.launch import (
     Rendezvous,
     TrainingLaunchError,
+    check_launched_world_size,
     launch_training,
     run_streaming,
     torchrun_command,
 )
 from components.training.speed import resolve_speed
+from components.training.train import train
 from components.training.trainer import build_trainer
 from tests.conftest import prepare_digits, tiny_params
 
@@ -146,6 +148,32 @@ def test_the_trainer_knows_its_rank_before_fit_under_each_launcher(
     trainer = build_trainer(params, resolve_speed(params, "mlp"), tmp_path, [], interactive=False)
     assert isinstance(trainer.strategy.cluster_environment, environment_type)
     assert (trainer.global_rank, trainer.world_size, trainer.is_global_zero) == (1, 2, False)
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHER_ENV))
+def test_a_launch_of_another_process_count_than_params_ask_is_refused_before_anything_runs(
+    launcher: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two launched processes and ``devices: 1``: Lightning would not check (no parallel strategy),
+    and each process would train alone as rank zero, writing the outputs and its own MLflow run."""
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in LAUNCHER_ENV[launcher][1].items():
+        monkeypatch.setenv(key, value)
+    check_launched_world_size(TrainParams(accelerator="cpu", devices=2))  # 2 processes, as launched
+    if launcher == "lightning-ddp":  # Lightning's own launcher started what params asked for
+        check_launched_world_size(TrainParams(accelerator="cpu", devices=1))
+        return
+    with pytest.raises(ParamsError, match=rf"= 1 processes, but {launcher} started 2"):
+        check_launched_world_size(TrainParams(accelerator="cpu", devices=1))
+    with pytest.raises(ParamsError, match=rf"= 4 processes, but {launcher} started 2"):
+        check_launched_world_size(TrainParams(accelerator="cpu", devices=2, num_nodes=2))
+    # The train stage refuses first: before reading its (here missing) input or writing anything.
+    raw = tiny_params()
+    raw["train"].update(accelerator="cpu", devices=1)
+    with pytest.raises(ParamsError, match=r"train\.devices"):
+        train(validate_params(raw), "mlp", tmp_path / "prepared", tmp_path / "out", work_root=tmp_path / "w")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_torchrun_command_runs_the_stage_cli_on_one_node_or_several() -> None:

@@ -110,6 +110,15 @@ def test_corrupt_weights_name_the_file_and_keep_the_previous_report(
         _evaluate(digits_project, model, tmp_path / "report")
     assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
 
+    # A model card whose config cannot build the network is named too, not a TypeError traceback.
+    shutil.copyfile(trained_mlp / "weights.safetensors", model / "weights.safetensors")
+    card = json.loads((model / "model.json").read_text())
+    card["config"]["hidden_sizes"] = "abc"
+    (model / "model.json").write_text(json.dumps(card))
+    with pytest.raises(DataValidationError, match=r"model\.json.*mlp config that does not build"):
+        _evaluate(digits_project, model, tmp_path / "report")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
+
 
 def test_a_small_split_is_timed_over_several_batches_and_predicted_once() -> None:
     torch.manual_seed(0)

@@ -59,6 +59,10 @@ def test_flow_parameters_override_params_yaml_through_the_same_schema() -> None:
         effective_params(REPO / "params.yaml", None, 0, None, None)
     with pytest.raises(ParamsError, match="architectures"):
         effective_params(REPO / "params.yaml", ["resnet"], None, None, None)
+    # Several nodes need processes started on every node: the flow refuses before running anything.
+    two_nodes = {"train.num_nodes": 2, "train.devices": 4}
+    with pytest.raises(ParamsError, match=r"train\.num_nodes: 2: the flow trains on its own machine only"):
+        effective_params(REPO / "params.yaml", None, None, None, two_nodes)
 
 
 def test_loading_the_flow_module_does_not_import_torch_lightning_or_mlflow() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from typing import Any
 
@@ -141,6 +142,14 @@ MALFORMED: dict[str, tuple[str, list[str]]] = {
         "preprocess:\n  seed: -1\n",
         ["preprocess.seed", "greater than or equal to 0"],
     ),
+    "seed_beyond_32_bits": (
+        "train:\n  seed: 1099511627776\n",
+        ["train.seed", "less than or equal to 4294967295"],
+    ),
+    "infinite_learning_rate": (  # would train to NaN weights without an error
+        "train:\n  learning_rate: .inf\n",
+        ["train.learning_rate", "finite number"],
+    ),
     "unknown_architecture": (
         "train:\n  architectures: [mlp, resnet]\n",
         ["train.architectures.1", "'cnn'", "'transformer'", "resnet"],
@@ -222,3 +231,23 @@ def test_missing_params_file_is_named(project: Project) -> None:
     result = project.run("ingest", "--params", "nope.yaml")
     assert result.returncode == 2
     assert "nope.yaml: params file not found" in result.stderr
+
+
+def test_set_options_are_key_equals_yaml_value_and_a_bare_key_is_refused() -> None:
+    """``flows.pipeline --set``: a pair without ``=`` would otherwise set a nullable key to null."""
+    from pipelines._cli import key_overrides
+
+    assert key_overrides(
+        ["train.max_epochs=3", "register.model_name=null", "train.architectures=[mlp, cnn]"]
+    ) == {
+        "train.max_epochs": 3,
+        "register.model_name": None,
+        "train.architectures": ["mlp", "cnn"],
+    }
+    for bad, rule in [
+        ("register.model_name", "expected KEY=VALUE"),
+        ("=3", "expected KEY=VALUE"),
+        ("train.architectures=[mlp", "the value is not valid YAML \\(expected ',' or ']'"),
+    ]:
+        with pytest.raises(ParamsError, match=rf"--set '{re.escape(bad)}': {rule}"):
+            key_overrides([bad])

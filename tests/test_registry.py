@@ -16,7 +16,7 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
-from components.config import Params, validate_params
+from components.config import Params, dump_params, validate_params
 from components.data.prepared import load_prepared
 from components.errors import PipelineError, TransientError
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
@@ -226,6 +226,39 @@ def test_registered_model_runs_where_model_config_says_and_old_versions_refuse_a
         predict_file(old_uri, tmp_path / "images.npz", tmp_path / "old.csv", device="cpu")
     assert not (tmp_path / "old.csv").exists()
     assert len(predict_file(old_uri, tmp_path / "images.npz", tmp_path / "old.csv")) == len(images)
+
+
+def test_register_stage_registers_nothing_when_one_model_folder_is_broken(
+    digits_project: Path, params: Params, models: dict[int, Path], tmp_path: Path
+) -> None:
+    """New mlp weights and a missing cnn folder: the stage fails naming the folder, before it
+    registers the mlp (the report of a half-registered run would otherwise be missing)."""
+    from typer.testing import CliRunner
+
+    from pipelines.register import app
+
+    folder = tmp_path / "models"
+    shutil.copytree(models[2], folder / "mlp")
+    weights = load_file(folder / "mlp" / "weights.safetensors")
+    weights = {k: v + 1e-3 if i == 0 else v for i, (k, v) in enumerate(sorted(weights.items()))}
+    save_file(weights, folder / "mlp" / "weights.safetensors")
+    both = params.model_copy(
+        update={"train": params.train.model_copy(update={"architectures": ["mlp", "cnn"]})}
+    )
+    params_file = dump_params(both, tmp_path / "params.yaml")
+    name = registered_model_name(params)
+    before = _versions(name)
+    result = CliRunner().invoke(
+        app,
+        [
+            "--params", str(params_file), "--prepared", str(digits_project / "data/prepared"),
+            "--models", str(folder), "--out", str(tmp_path / "registration.json"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "models/cnn/model.json: missing" in result.output
+    assert _versions(name) == before
+    assert not (tmp_path / "registration.json").exists()
 
 
 def test_shipped_architecture_code_is_imported_once_per_content(tmp_path: Path) -> None:

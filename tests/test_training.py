@@ -15,10 +15,10 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from components.config import Params, validate_params
-from components.data.prepared import load_prepared
-from components.errors import DataValidationError
+from components.data.prepared import data_version, load_prepared
+from components.errors import DataValidationError, ParamsError
 from components.training.artifacts import MODEL_CARD, STATS, TRAIN_INFO, WEIGHTS, load_trained_model
-from components.training.train import train
+from components.training.train import fingerprint, train
 from tests.conftest import Project, default_params, tiny_params
 
 pytestmark = pytest.mark.usefixtures("tracking_uri")
@@ -217,6 +217,49 @@ def test_direct_paths_are_taken_only_when_nobody_listens_and_train_identically(
     expected_steps = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert probe.global_steps == backward.global_steps == step.global_steps == expected_steps
     assert direct.info["weights_sha256"] == hooked.info["weights_sha256"] == stepped.info["weights_sha256"]
+
+
+def test_diverged_training_writes_no_model_and_keeps_no_checkpoint(digits_project: Path) -> None:
+    """A learning rate of 1e30 without clipping drives the weights to NaN: the stage fails, naming
+    the keys to change, and neither a NaN model nor a checkpoint to resume from is left."""
+    params = _params(max_epochs=2, learning_rate=1e30, gradient_clip_val=0.0, early_stopping_patience=0)
+    with pytest.raises(ParamsError, match=r"train@mlp: training diverged.*train\.learning_rate \(1e\+30\)"):
+        _run(digits_project, "models/diverged", params)
+    assert not (digits_project / "models" / "diverged").exists()
+    key = fingerprint(params, "mlp", data_version(digits_project / "data" / "prepared"))
+    assert not (digits_project / ".work" / "train" / f"mlp-{key[:16]}").exists()
+
+
+@pytest.mark.parametrize(
+    ("arch", "section", "key"),
+    [
+        ("lstm", {"vocab_size": 10}, r"models\.lstm\.vocab_size: 10 asks for token input.*1x8x8 images"),
+        ("transformer", {"vocab_size": 10}, r"models\.transformer\.vocab_size"),
+        (
+            "cnn",
+            {"channels": [8, 8, 8, 8]},
+            r"8x8 image is too small for 4 conv\+pool stages.*models\.cnn\.channels",
+        ),
+    ],
+)
+def test_model_settings_that_do_not_fit_the_data_are_refused_before_any_side_effect(
+    digits_project: Path, arch: str, section: dict[str, Any], key: str
+) -> None:
+    raw = tiny_params()
+    raw["models"][arch] = {**raw["models"][arch], **section}
+    out = f"models/unfit-{arch}"
+    work_before = sorted((digits_project / ".work").glob("train/*"))
+    with pytest.raises(ParamsError, match=key):  # raised before the MLflow run opens
+        _run(digits_project, out, validate_params(raw), arch)
+    assert not (digits_project / out).exists()
+    assert sorted((digits_project / ".work").glob("train/*")) == work_before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_gpu_accelerator_on_a_machine_without_one_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"train\.accelerator: gpu: PyTorch finds no CUDA device"):
+        _run(tmp_path, "models/mlp", _params(accelerator="gpu"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_without_prepared_data_names_the_missing_manifest(tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ class CNNConfig:
     dense_size: int = 64  # width of the dense layer before the classifier
     dropout: float = 0.0  # dropout before the dense layer and before the classifier
 
+    def __post_init__(self) -> None:
+        _ = self.feature_shape  # too many conv+pool stages for the image: refused here, not mid-build
+
     @property
     def padding(self) -> int:
         _, height, width = self.input_shape

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .inputs import check_input_kind
 from .raw_pixels import fold_into_affine
 
 
@@ -23,6 +24,9 @@ class LSTMConfig:
     dense_size: int = 64  # dense layer on the last hidden state
     vocab_size: int | None = None  # token input: vocabulary size; None: image rows as steps
     embedding_dim: int = 32  # token input: embedding width
+
+    def __post_init__(self) -> None:
+        check_input_kind("lstm", self.input_shape, self.vocab_size)
 
     @property
     def step_features(self) -> int:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import check_input_kind
 from .raw_pixels import fold_into_affine
 
 
@@ -31,6 +32,14 @@ class TransformerConfig:
     pool: Literal["mean", "cls"] = "mean"  # mean over positions or a learned class token
     vocab_size: int | None = None  # token input: vocabulary size; None: image patches
     max_seq_len: int = 256  # token input: size of the position table
+
+    def __post_init__(self) -> None:
+        check_input_kind("transformer", self.input_shape, self.vocab_size)
+        if self.vocab_size is not None and self.input_shape[0] > self.max_seq_len:
+            raise ValueError(
+                f"models.transformer.max_seq_len: {self.max_seq_len} positions, but the sequences "
+                f"have {self.input_shape[0]} tokens"
+            )
 
     @property
     def padded_hw(self) -> tuple[int, int]:

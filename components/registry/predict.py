@@ -105,24 +105,26 @@ def predict_file(
     out_csv: Path | str,
     *,
     batch_size: int = PREDICT_BATCH_SIZE,
-    device: str = "auto",
+    device: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Predict every image of ``source`` with the model at ``uri``; write ``out_csv`` atomically.
 
     ``device`` is where the network runs (``auto``: a CUDA device when there is one, ``cpu``,
-    ``cuda[:<n>]``). Versions registered before the registry declared the ``device`` setting take
-    ``auto`` only: naming a device for one of them is refused rather than silently ignored.
+    ``cuda[:<n>]``; ``None``: the model's setting, ``auto`` unless ``MLFLOW_PYFUNC_INFERENCE_CONFIG``
+    names one). Versions registered before the registry declared the ``device`` setting always run
+    on ``auto``: naming a device for one of them is refused rather than silently ignored.
     ``on_batch(done, total)`` is called after each batch (a progress bar).
     """
-    try:
-        inference_device({"device": device})
-    except ValueError as exc:
-        raise PipelineError(f"predict: {exc}") from None
+    if device is not None:
+        try:
+            inference_device({"device": device})
+        except ValueError as exc:
+            raise PipelineError(f"predict: {exc}") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-        model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
-    if device != "auto" and model.model_config.get("device") != device:
+        model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
+    if device is not None and model.model_config.get("device") != device:
         # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
         raise PipelineError(
             f"predict: {uri} was registered without a device setting, so --device {device} cannot "

@@ -130,20 +130,7 @@ def register(
     tags: Mapping[str, str] | None = None,
 ) -> Decision:
     """Register ``model_dir`` (if its weights are new) and gate ``champion``; return the decision."""
-    model_dir, prepared_dir = Path(model_dir), Path(prepared_dir)
-    trained = load_trained_model(model_dir)
-    prepared = load_prepared(prepared_dir)
-    test = require_split(prepared, "test", prepared_dir)
-    version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
-    candidate = _Candidate(
-        arch=arch,
-        trained=trained,
-        test=test,
-        pixels=raw_pixels(test, prepared.stats),
-        class_names=list(prepared.stats.class_names),
-        data_version=version,
-        weights_sha=sha256_file(model_dir / WEIGHTS),
-    )
+    candidate = _candidate(arch, Path(model_dir), Path(prepared_dir))
     tracker = Tracker.open(experiment_name(params), project_root)
     with _LOCK, fluent_tracking(tracker.uri):
         try:
@@ -152,6 +139,29 @@ def register(
         except MlflowException as exc:
             raise tracking_error(tracker.uri, exc) from exc
     return decision
+
+
+def check_registrable(arch: Architecture, model_dir: Path | str, prepared_dir: Path | str) -> None:
+    """What :func:`register` checks before it touches the registry: the model folder is readable and
+    was trained on ``prepared_dir``'s data, which has a test split. The ``register`` stage checks
+    every architecture first, so a broken one fails it before any other is registered."""
+    _candidate(arch, Path(model_dir), Path(prepared_dir))
+
+
+def _candidate(arch: Architecture, model_dir: Path, prepared_dir: Path) -> _Candidate:
+    trained = load_trained_model(model_dir)
+    prepared = load_prepared(prepared_dir)
+    test = require_split(prepared, "test", prepared_dir)
+    version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
+    return _Candidate(
+        arch=arch,
+        trained=trained,
+        test=test,
+        pixels=raw_pixels(test, prepared.stats),
+        class_names=list(prepared.stats.class_names),
+        data_version=version,
+        weights_sha=sha256_file(model_dir / WEIGHTS),
+    )
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,12 @@ def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise DataValidationError(weights, "is not a readable safetensors file", str(exc)) from None
-    model = build_model(architecture, config).to(device)
+    try:
+        model = build_model(architecture, config).to(device)
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:  # e.g. "hidden_sizes": "abc"
+        raise DataValidationError(
+            folder / MODEL_CARD, f"holds a {architecture} config that does not build", str(exc)
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

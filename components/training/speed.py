@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from components.config import Accelerator, TrainParams
+from components.errors import ParamsError
 
 DeviceKind = Literal["cpu", "cuda", "mps"]
 
@@ -29,9 +30,21 @@ def device_kind(accelerator: Accelerator) -> DeviceKind:
             return "cuda"
         if torch.backends.mps.is_available():
             return "mps"
-        # ``gpu`` without a GPU: Lightning itself raises when the Trainer is built.
+        # ``gpu`` without a GPU: refused by check_accelerator before the stage runs.
         return "cuda" if accelerator == "gpu" else "cpu"
     return "mps" if accelerator == "mps" else "cpu"
+
+
+def check_accelerator(accelerator: Accelerator) -> None:
+    """Refuse an accelerator this machine lacks (``gpu``/``cuda`` without CUDA, ``mps`` without
+    MPS) with the key named, before anything runs; Lightning would raise deep inside the stage."""
+    kind = device_kind(accelerator)
+    present = torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
+    if kind != "cpu" and not present:
+        raise ParamsError(
+            f"train.accelerator: {accelerator}: PyTorch finds no {'CUDA' if kind == 'cuda' else 'MPS'} "
+            "device on this machine (check the driver, or CUDA_VISIBLE_DEVICES); use auto or cpu"
+        )
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,22 @@ from rich.console import Console
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.config import Architecture, Params, flatten
 from components.data.prepared import data_version, load_prepared, require_split
+from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
 from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, pipeline_key
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
 from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
 from components.training.data import ClassificationData
+from components.training.launch import check_launched_world_size, processes_per_node
 from components.training.module import Classifier
-from components.training.speed import device_kind, float32_matmul_precision, resolve_precision, resolve_speed
+from components.training.speed import (
+    check_accelerator,
+    device_kind,
+    float32_matmul_precision,
+    resolve_precision,
+    resolve_speed,
+)
 from components.training.trainer import build_trainer, checkpoint_callbacks
 
 RUN_FILE = "mlflow_run.json"
@@ -73,11 +81,13 @@ class TrainResult:
 def fingerprint(params: Params, arch: Architecture, version: str) -> str:
     """Key of a training run: data version, architecture and the settings that shape the weights.
 
-    ``precision: auto`` enters resolved (``bf16-mixed`` on a GPU, ``32-true`` on a CPU), so a run
-    is never resumed from a checkpoint trained at another precision.
+    ``precision: auto`` and ``devices: auto`` enter resolved (``bf16-mixed`` on a GPU, the GPU
+    count), so a run is never resumed from a checkpoint trained at another precision, or by another
+    number of processes (its position in the epoch counts each rank's shard).
     """
     train = params.train.model_dump(exclude=_SPEED_ONLY)
     train["precision"] = resolve_precision(params.train.precision, device_kind(params.train.accelerator))
+    train["devices"] = processes_per_node(params.train)
     payload = {
         "data_version": version,
         "architecture": arch,
@@ -136,6 +146,8 @@ def train(
     the pipeline run found by its key. ``progress_bar``: a live bar (default: when stderr is a
     terminal) or one line per epoch.
     """
+    check_launched_world_size(params.train)
+    check_accelerator(params.train.accelerator)
     prepared_dir, out_dir, project_root = Path(prepared_dir), Path(out_dir), Path(project_root)
     prepared = load_prepared(prepared_dir)
     for split in ("train", "val"):
@@ -143,7 +155,10 @@ def train(
     version = data_version(prepared_dir)
     stats = prepared.stats
     num_classes = len(stats.class_names)
-    config = model_config(arch, params.models, stats.image_shape, num_classes)
+    try:
+        config = model_config(arch, params.models, stats.image_shape, num_classes)
+    except ValueError as exc:  # a setting that does not fit the data (names its models.<arch> key)
+        raise ParamsError(str(exc)) from None
     key = fingerprint(params, arch, version)
     work_dir = Path(work_root) / "train" / f"{arch}-{key[:16]}"
     checkpoint_dir = work_dir / "checkpoints"
@@ -222,6 +237,16 @@ def train(
             return TrainResult(out_dir, "", {"architecture": arch}, global_rank=trainer.global_rank)
 
         weights = _best_weights(best_cb.best_model_path, module)
+        if not all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point()):
+            # Never a NaN model in models/ (evaluate would score it, register could promote it); the
+            # checkpoints go too, or the same settings would resume from the diverged state.
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise ParamsError(
+                f"train@{arch}: training diverged: the weights are not finite after "
+                f"{trainer.current_epoch} epochs (best val loss {best_cb.best_model_score}); lower "
+                f"train.learning_rate ({params.train.learning_rate:g}) or clip the gradients "
+                f"(train.gradient_clip_val: {params.train.gradient_clip_val:g}); {out_dir} is unchanged"
+            )
         steps_here = trainer.global_step - history.start_step
         info: dict[str, Any] = {
             "architecture": arch,
