@@ -9,7 +9,8 @@ cache), with the chosen architectures and epochs:
 - **dvc repro**: ``dvc repro`` from scratch (one process per stage, each paying its imports).
 - **dvc repro, nothing to do**: ``dvc repro`` again right after (best of ``--repeats``).
 - **flow, cold**: ``python -m flows.pipeline`` in a new process (Prefect's ephemeral server starts,
-  every import paid; training runs in a subprocess per architecture, concurrently).
+  every import paid; on one device training runs in the flow's process, one architecture at a
+  time, while evaluate and register of a trained one proceed).
 - **flow, warm**: the flow called in this process on another fresh copy, with the Prefect server
   already up and every import done (a first flow run warmed it).
 
