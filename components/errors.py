@@ -6,6 +6,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 
@@ -45,6 +47,38 @@ class TransientError(PipelineError):
 # Exit codes of the stage CLIs, so a launcher can tell bad input from a service that was away.
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
+
+# A launcher whose stage processes run under another launcher that does not pass their exit status
+# on (``torchrun`` exits 1 whatever its workers exited with) sets this to an empty folder; each
+# stage process that exits with one of the codes above then records it there as
+# ``rank-<RANK>.exit`` (``RANK`` as torchrun sets it, 0 without one). See
+# :func:`record_exit_code` and :mod:`components.training.launch`.
+EXIT_CODE_DIR_ENV = "PIPELINE_EXIT_CODE_DIR"
+
+
+def record_exit_code(code: int) -> None:
+    """Record ``code`` in the folder named by ``PIPELINE_EXIT_CODE_DIR``, if set, before exiting with it.
+
+    Best effort: the exit status itself still tells a direct parent.
+    """
+    folder = os.environ.get(EXIT_CODE_DIR_ENV)
+    if not folder:
+        return
+    rank = os.environ.get("RANK", "0")
+    with contextlib.suppress(OSError, ValueError):
+        (Path(folder) / f"rank-{int(rank)}.exit").write_text(f"{code}\n", encoding="utf-8")
+
+
+def recorded_exit_codes(folder: Path | str) -> dict[int, int]:
+    """``{rank: exit code}`` that stage processes recorded in ``folder`` (see :func:`record_exit_code`)."""
+    codes: dict[int, int] = {}
+    for file in Path(folder).glob("rank-*.exit"):
+        try:
+            codes[int(file.name[len("rank-") : -len(".exit")])] = int(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return codes
+
 
 _UNREACHABLE = (
     "connection refused",

@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from components.config import ALL_ARCHITECTURES, Architecture
-from components.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, ParamsError, PipelineError, TransientError
+from components.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_TRANSIENT,
+    ParamsError,
+    PipelineError,
+    TransientError,
+    record_exit_code,
+)
 
 T = TypeVar("T")
 
@@ -36,7 +43,11 @@ def set_offline_defaults() -> None:
 
 def run_stage(stage: str, body: Callable[[], T]) -> T:
     """Run ``body``; a :class:`PipelineError` becomes a one-paragraph message and an exit code:
-    75 when a service did not answer (worth a retry), 2 for bad input."""
+    75 when a service did not answer (worth a retry), 2 for bad input.
+
+    With ``PIPELINE_EXIT_CODE_DIR`` set (by :mod:`components.training.launch`, for ranks under
+    ``torchrun``, which exits 1 whatever its workers exit with) the code is also recorded there.
+    """
     set_offline_defaults()
     try:
         return body()
@@ -44,7 +55,9 @@ def run_stage(stage: str, body: Callable[[], T]) -> T:
         console.print(
             f"[bold red]{stage} failed:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
-        sys.exit(EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT)
+        code = EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT
+        record_exit_code(code)
+        sys.exit(code)
 
 
 def architecture(name: str) -> Architecture:

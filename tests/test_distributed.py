@@ -4,10 +4,15 @@ the launch component, and a real two-process DDP run on CPU (gloo) through ``tor
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from lightning.fabric.plugins.environments import (
@@ -209,6 +214,87 @@ def test_a_failing_launch_raises_with_its_status_and_last_lines(tmp_path: Path) 
         run_streaming(
             [sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, env={}, timeout_s=0.5
         )
+
+
+# A rank that ignores SIGTERM (as one stuck in a collective does) and has a child of its own (as a
+# DataLoader worker is); both write their pids to <argv[1]>/rank-<RANK>.pids.
+STUCK_RANK = """
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits SIG_IGN
+rank = os.environ["RANK"]
+(Path(sys.argv[1]) / f"rank-{rank}.pids").write_text(f"{os.getpid()} {child.pid}")
+# One write: torchrun runs workers with -u, where print() writes the text and the newline apart and
+# the two ranks' lines could interleave.
+os.write(1, f"rank {rank} started\\n".encode())
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class _Cancelled(Exception):
+    """Raised in the test's main thread while it waits for torchrun, as a flow cancellation would be."""
+
+
+@pytest.mark.parametrize("stop", ["timeout", "cancel"])
+def test_a_stopped_launch_leaves_no_rank_behind(stop: str, tmp_path: Path) -> None:
+    """torchrun starts each worker in a session of its own, out of reach of a signal to its process
+    group. With torchrun's own SIGTERM-to-SIGKILL wait (60 s here) longer than the launcher's grace,
+    only the launcher's SIGKILL to every process under torchrun stops these ranks and their children."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_RANK, encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    command += ["--nproc-per-node=2", str(script), str(tmp_path)]
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "60"}
+    lines: list[str] = []
+    ranks_up: list[str] = []
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+
+    def on_line(line: str) -> None:  # "cancel": interrupt the wait once both ranks are up
+        lines.append(line)
+        if line.startswith("rank ") and line.endswith(" started"):
+            ranks_up.append(line)
+            if stop == "cancel" and len(ranks_up) == 2:
+                signal.pthread_kill(main_thread, signal.SIGUSR1)
+
+    def cancel(signum: int, frame: object) -> None:
+        raise _Cancelled
+
+    # "timeout": 15 s is twice what torchrun takes to start both ranks on a busy 2-core machine.
+    timeout_s = 15 if stop == "timeout" else 120
+    expected: type[Exception] = TrainingLaunchError if stop == "timeout" else _Cancelled
+    previous = signal.signal(signal.SIGUSR1, cancel)
+    started = time.monotonic()
+    try:
+        with pytest.raises(expected):
+            run_streaming(
+                command,
+                cwd=tmp_path,
+                env=env,
+                on_line=on_line,
+                timeout_s=timeout_s,
+                stop_grace_s=1,
+                kill_wait_s=5,
+            )
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - started < timeout_s + 1 + 5 + 3
+    pids = [int(pid) for file in sorted(tmp_path.glob("rank-*.pids")) for pid in file.read_text().split()]
+    assert len(pids) == 4, "\n".join(lines)  # two ranks and their children had started
+    assert [pid for pid in pids if _running(pid)] == []
 
 
 def test_two_ddp_processes_train_one_model_and_log_one_run(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,47 @@ def test_stage_process_exit_codes_map_to_retry_or_not(
     assert is_transient(raised.value) is retried
     assert "stage says why" in str(raised.value)
     assert lines == ["stage says why"]
+
+
+# A stage process per rank: rank 1 fails the way a stage does, rank 0 is still busy when torchrun stops it.
+RANK_ONE_FAILS = """
+import os
+import time
+
+from components.errors import ParamsError, TransientError
+from pipelines._cli import run_stage
+
+
+def body() -> None:
+    if os.environ["RANK"] == "1":
+        raise {error}("rank 1 says why")
+    time.sleep(120)
+
+
+run_stage("train@mlp", body)
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "raised", "retried"),
+    [("TransientError", 75, TrainingUnavailable, True), ("ParamsError", 2, TrainingLaunchError, False)],
+)
+def test_a_ranks_exit_code_gets_through_torchrun(
+    tmp_path: Path, error: str, code: int, raised: type[Exception], retried: bool
+) -> None:
+    """torchrun exits 1 whatever its workers exit with; the code rank 1 recorded decides the retry."""
+    script = tmp_path / "stage.py"
+    script.write_text(RANK_ONE_FAILS.format(error=error), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    command += ["--nproc-per-node=2", str(script)]
+    lines: list[str] = []
+    with pytest.raises(TrainingLaunchError) as info:
+        run_streaming(command, cwd=REPO, env=dict(os.environ), on_line=lines.append, timeout_s=120)
+    assert type(info.value) is raised
+    assert info.value.returncode == code
+    assert is_transient(info.value) is retried
+    assert f"rank 1 exited {code}; the launcher exited 1" in str(info.value)
+    assert any("train@mlp failed: rank 1 says why" in line for line in lines)
 
 
 def test_flow_parameters_override_params_yaml_through_the_same_schema() -> None:

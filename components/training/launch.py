@@ -12,6 +12,12 @@ every process; Lightning detects the torchrun environment, rank zero writes ``mo
 the MLflow run, and this function returns once every rank has finished, or raises with the exit
 status and the last lines of output.
 
+torchrun exits 1 whatever its workers exited with, so the stage's own exit codes (75: a service
+did not answer, retried by the flow; 2: bad input) travel another way: the launcher points
+``PIPELINE_EXIT_CODE_DIR`` at a fresh temporary folder, where each rank that fails with one of them
+records it as ``rank-<RANK>.exit`` (:func:`pipelines._cli.run_stage`). With several nodes each
+node's launcher sees its own ranks' codes only.
+
 The settings travel as a validated params file written to ``<work_root>/launch/`` (so overrides a
 flow applied in memory reach every rank); the parent MLflow run travels in ``PIPELINE_PARENT_RUN_ID``
 (pass it in ``env``) and extra run tags as ``--tag`` options.
@@ -25,11 +31,13 @@ start the processes themselves instead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,15 +45,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from components.config import Architecture, Params, TrainParams, dump_params
-from components.errors import EXIT_TRANSIENT, ParamsError, PipelineError, TransientError
+from components.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CODE_DIR_ENV,
+    EXIT_TRANSIENT,
+    ParamsError,
+    PipelineError,
+    TransientError,
+    recorded_exit_codes,
+)
 from components.training.artifacts import TRAIN_INFO
 from components.training.speed import device_kind
 
 LAUNCH_DIR = "launch"
 _TAIL_LINES = 40
+
+# Stopping a launch (timeout, interrupt): torchrun passes SIGTERM on to its workers and SIGKILLs them
+# after its own shutdown timeout (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); it gets that
+# long plus STOP_MARGIN_S before everything under it is SIGKILLed here, then KILL_WAIT_S to go.
+TORCHRUN_SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+TORCHRUN_SHUTDOWN_S = 30.0
+STOP_MARGIN_S = 15.0
+KILL_WAIT_S = 10.0
 
 
 class TrainingLaunchError(PipelineError):
@@ -193,6 +218,15 @@ def _stderr_line(line: str) -> None:
     sys.stderr.flush()
 
 
+def default_stop_grace_s(env: Mapping[str, str]) -> float:
+    """How long a stopped launch may take before SIGKILL: torchrun's own shutdown timeout plus a margin."""
+    try:
+        own = float(env.get(TORCHRUN_SHUTDOWN_ENV, TORCHRUN_SHUTDOWN_S))
+    except ValueError:
+        own = TORCHRUN_SHUTDOWN_S
+    return max(own, 0.0) + STOP_MARGIN_S
+
+
 def run_streaming(
     command: Sequence[str],
     *,
@@ -200,68 +234,115 @@ def run_streaming(
     env: Mapping[str, str],
     on_line: Callable[[str], None] = _stderr_line,
     timeout_s: float | None = None,
+    stop_grace_s: float | None = None,
+    kill_wait_s: float = KILL_WAIT_S,
 ) -> None:
     """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line`` as it comes.
 
-    Raises :class:`TrainingLaunchError` with the exit status and the last lines on failure. On a
-    timeout or an interrupt the whole process group (torchrun and its workers) gets SIGTERM, then
-    SIGKILL after 30 s.
+    Raises :class:`TrainingLaunchError` with the exit status and the last lines on failure:
+    :class:`TrainingUnavailable` (a retry may help) when the command or any rank exited 75, and a
+    plain :class:`TrainingLaunchError` with ``returncode`` 2 (bad input, no retry) when one exited 2.
+    The ranks' codes come from the files they record in ``PIPELINE_EXIT_CODE_DIR`` (a temporary
+    folder set here), since torchrun itself exits 1.
+
+    On a timeout or an interrupt the command's process group gets SIGTERM (torchrun passes it on to
+    its workers, which run in sessions of their own); after ``stop_grace_s`` (default: torchrun's
+    shutdown timeout plus :data:`STOP_MARGIN_S`) the group and every process that was under the
+    command, workers included, get SIGKILL.
     """
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    process = subprocess.Popen(
-        list(command),
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,  # its own process group, so a stop reaches every rank
-    )
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.rstrip("\n")
-            tail.append(line)
-            on_line(line)
-
-    reader = threading.Thread(target=pump, name="launch-output", daemon=True)
-    reader.start()
-    try:
-        returncode = process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _stop(process)
-        reader.join(timeout=5)
-        raise TrainingLaunchError(
-            f"training did not finish within {timeout_s:g} s: {' '.join(command)}", None, tail
-        ) from None
-    except BaseException:
-        _stop(process)
-        raise
-    reader.join()
-    if returncode == EXIT_TRANSIENT:
-        raise TrainingUnavailable(
-            f"training could not reach a service: {' '.join(command)}", returncode, tail
-        )
-    if returncode != 0:
-        raise TrainingLaunchError(
-            f"training exited with status {returncode}: {' '.join(command)}", returncode, tail
+    grace_s = default_stop_grace_s(env) if stop_grace_s is None else stop_grace_s
+    what = " ".join(command)
+    with tempfile.TemporaryDirectory(prefix="exit-codes-", ignore_cleanup_errors=True) as exit_dir:
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env={**env, EXIT_CODE_DIR_ENV: exit_dir},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # its own process group, apart from the caller's
         )
 
+        def pump() -> None:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                line = raw.rstrip("\n")
+                tail.append(line)
+                on_line(line)
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM to the process group, SIGKILL if it is still there after 30 s."""
-    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        reader = threading.Thread(target=pump, name="launch-output", daemon=True)
+        reader.start()
         try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
+            returncode = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            continue
+            _stop(process, grace_s, kill_wait_s)
+            reader.join(timeout=5)
+            raise TrainingLaunchError(
+                f"training did not finish within {timeout_s:g} s: {what}", None, tail
+            ) from None
+        except BaseException:
+            _stop(process, grace_s, kill_wait_s)
+            raise
+        reader.join()
+        ranks = recorded_exit_codes(exit_dir) if returncode != 0 else {}
+    if returncode == 0:
+        return
+    codes = {returncode, *ranks.values()}
+    by = ", ".join(f"rank {rank} exited {code}" for rank, code in sorted(ranks.items()))
+    why = f"{by}; the launcher exited {returncode}" if by else f"exited with status {returncode}"
+    if EXIT_BAD_INPUT in codes:
+        raise TrainingLaunchError(f"training rejected its input ({why}): {what}", EXIT_BAD_INPUT, tail)
+    if EXIT_TRANSIENT in codes:
+        raise TrainingUnavailable(f"training could not reach a service ({why}): {what}", EXIT_TRANSIENT, tail)
+    raise TrainingLaunchError(f"training exited with status {returncode}: {what}", returncode, tail)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _stop(process: subprocess.Popen[str], grace_s: float, kill_wait_s: float) -> None:
+    """Stop ``process`` (torchrun) and every process under it, workers included.
+
+    torchrun starts each worker in a session of its own, so a signal to ``process``'s group reaches
+    torchrun alone; on SIGTERM it passes the signal on to its workers and SIGKILLs the ones still
+    there after its own shutdown timeout. So: note the processes under it, SIGTERM the group, give
+    it ``grace_s`` (longer than its own timeout, so its kill goes first), then SIGKILL the group and
+    every noted process still running (a rank stuck in a collective ignores SIGTERM; torchrun may be
+    stuck itself), and wait up to ``kill_wait_s`` for them to go.
+    """
+    under = {child.pid: child for child in _descendants(process.pid)}
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while process.poll() is None and time.monotonic() < deadline:  # until reaped here, pid is torchrun's
+        under.update((child.pid, child) for child in _descendants(process.pid))  # started meanwhile
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=min(0.5, max(deadline - time.monotonic(), 0.0)))
+    if process.poll() is None:
+        under.update((child.pid, child) for child in _descendants(process.pid))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    for child in under.values():
+        with contextlib.suppress(psutil.Error):
+            child.kill()  # psutil checks that the pid still names the process noted above
+    deadline = time.monotonic() + kill_wait_s
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=kill_wait_s)
+    while any(_alive(child) for child in under.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def launch_training(
@@ -285,7 +366,9 @@ def launch_training(
     extra environment for the ranks (``MLFLOW_TRACKING_URI``, ``PIPELINE_PARENT_RUN_ID``, ...), a
     line sink for their output (default: this process's stderr) and an optional time limit.
     Relative paths are taken from ``project_root``, the processes' working directory.
-    Raises :class:`TrainingLaunchError` if any rank fails, :class:`ParamsError` on a bad setup.
+    Raises :class:`TrainingLaunchError` if any rank fails (:class:`TrainingUnavailable` when one
+    exited 75, ``returncode`` 2 when one rejected its input; see :func:`run_streaming`), and
+    :class:`ParamsError` on a bad setup.
     """
     project_root = Path(project_root)
     params_file = write_launch_params(params, arch, project_root / work_root)
