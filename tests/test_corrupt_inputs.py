@@ -8,6 +8,7 @@ would, and checks the exit code, the message, and that ``data/`` is byte-identic
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import struct
@@ -15,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,6 +283,26 @@ def nan_in_float_images(good: GoodProject) -> tuple[str, list[str]]:
     return TRAIN_IMAGES, ["images contain NaN or infinite values", "first at index 7"]
 
 
+def float64_beyond_float32(good: GoodProject) -> tuple[str, list[str]]:
+    x, _ = _train_arrays()
+    x = x.astype(np.float64)
+    x[11, 2, 2] = 1e39  # finite in float64, inf in float32
+    write_idx(good.src / TRAIN_IMAGES, x)
+    return TRAIN_IMAGES, ["pixel values must fit in float32", "1 image(s), first at index 11"]
+
+
+def huge_label(good: GoodProject) -> tuple[str, list[str]]:
+    _, y = _train_arrays()
+    y = y.astype(np.int32)
+    y[8] = 2**31 - 1  # max + 1 classes would be 2^31 class names
+    write_idx(good.src / TRAIN_LABELS, y)
+    return TRAIN_LABELS, [
+        "more classes than labelled images",
+        "label 2147483647 at index 8",
+        "data.num_classes",
+    ]
+
+
 def sizes_differ_between_splits(good: GoodProject) -> tuple[str, list[str]]:
     x, y = datagen.make_images(30, 10, 3, seed=2)
     datagen.write_idx_pair(good.src, "t10k", x, y)
@@ -312,6 +334,8 @@ MORE_IDX_CASES: dict[str, Corruption] = {
     "negative-labels": negative_labels,
     "float-labels": float_labels,
     "nan-in-float-images": nan_in_float_images,
+    "float64-beyond-float32": float64_beyond_float32,
+    "huge-label": huge_label,
 }
 
 
@@ -392,6 +416,47 @@ def npz_float_labels(good: GoodProject) -> tuple[str, list[str]]:
     return _write_npz(good, **arrays), ["data.npz[y]: labels must be integers"]
 
 
+def npz_float_labels_only(good: GoodProject) -> tuple[str, list[str]]:
+    """Float labels and no test arrays: no integer label gives a class count, and the dtype rule
+    must still be the one reported (not "at least 2 classes (got 0)")."""
+    arrays = _npz_arrays()
+    return _write_npz(good, x=arrays["x"], y=arrays["y"].astype(np.float64)), [
+        "data.npz[y]: labels must be integers",
+        "got float64",
+    ]
+
+
+def npz_one_hot_labels(good: GoodProject) -> tuple[str, list[str]]:
+    arrays = _npz_arrays()
+    one_hot = np.eye(10, dtype=np.int64)[arrays["y"]]  # (30, 10)
+    return _write_npz(good, x=arrays["x"], y=one_hot), [
+        "data.npz[y]: labels must be a 1-D array of class ids",
+        "got shape [30, 10]",
+    ]
+
+
+def npz_float64_beyond_float32(good: GoodProject) -> tuple[str, list[str]]:
+    """Every pixel finite in float64 but past float32's range: would be all-NaN after preprocess."""
+    arrays = _npz_arrays()
+    arrays["x"] = arrays["x"].astype(np.float64) * 1e39
+    arrays["x"][0] = 1.0  # the first image fits: the detail must point at the next one
+    return _write_npz(good, **arrays), [
+        "data.npz[x]: pixel values must fit in float32",
+        "29 image(s), first at index 1",
+    ]
+
+
+def npz_huge_label(good: GoodProject) -> tuple[str, list[str]]:
+    arrays = _npz_arrays()
+    arrays["y_test"] = arrays["y_test"].astype(np.int64)
+    arrays["y_test"][0] = 2**62
+    return _write_npz(good, **arrays), [
+        "data.npz[y_test]: more classes than labelled images",
+        f"label {2**62} at index 0",
+        "set data.num_classes",
+    ]
+
+
 def npz_bool_images(good: GoodProject) -> tuple[str, list[str]]:
     arrays = _npz_arrays()
     arrays["x"] = arrays["x"] > 100
@@ -419,6 +484,10 @@ MORE_NPZ_CASES: dict[str, Corruption] = {
     "float-labels": npz_float_labels,
     "bool-images": npz_bool_images,
     "sizes-differ": npz_sizes_differ,
+    "float-labels-only": npz_float_labels_only,
+    "one-hot-labels": npz_one_hot_labels,
+    "float64-beyond-float32": npz_float64_beyond_float32,
+    "huge-label": npz_huge_label,
 }
 
 
@@ -565,21 +634,128 @@ def _delete_manifest(good: GoodProject) -> tuple[str, list[str]]:
     return "manifest.json", ["manifest not found", "run the ingest stage first"]
 
 
+def _edit_raw_manifest(good: GoodProject, edit: Callable[[dict[str, Any]], None]) -> None:
+    path = good.data / "raw" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _split_without_file(good: GoodProject) -> tuple[str, list[str]]:
+    _edit_raw_manifest(good, lambda m: m["splits"]["train"].pop("file"))
+    return "manifest.json", ["split 'train' must be an object with 'file'"]
+
+
+def _splits_as_list(good: GoodProject) -> tuple[str, list[str]]:
+    def to_list(manifest: dict[str, Any]) -> None:
+        manifest["splits"] = list(manifest["splits"].values())
+
+    _edit_raw_manifest(good, to_list)
+    return "manifest.json", ["must hold 'splits' as a JSON object", "got list"]
+
+
+def _no_num_classes(good: GoodProject) -> tuple[str, list[str]]:
+    _edit_raw_manifest(good, lambda m: m.pop("num_classes"))
+    return "manifest.json", ["must hold 'num_classes' as a JSON integer", "got nothing"]
+
+
 @pytest.mark.parametrize(
     ("tamper", "in_process"),
-    [(_tamper_split, False), (_delete_split, True), (_delete_manifest, True)],
-    ids=["modified", "deleted", "no-manifest"],
+    [
+        (_tamper_split, False),
+        (_delete_split, True),
+        (_delete_manifest, True),
+        (_split_without_file, True),
+        (_splits_as_list, True),
+        (_no_num_classes, True),
+    ],
+    ids=["modified", "deleted", "no-manifest", "split-without-file", "splits-as-list", "no-num-classes"],
 )
 def test_preprocess_refuses_raw_folder_changed_after_ingest(
     good: GoodProject, tamper: Corruption, in_process: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """preprocess checks the raw manifest's sha256s: a changed, missing or unlisted split file fails
-    (exit 2, naming it), and data/prepared stays byte-identical."""
+    """preprocess checks the raw manifest's structure and sha256s: a changed, missing or unlisted
+    split file, or a manifest without the keys preprocess reads, fails (exit 2, naming the file),
+    and data/prepared stays byte-identical."""
     prepared_before = {k: v for k, v in good.before.items() if k.startswith("prepared/")}
     file_name, phrases = tamper(good)
     good.before = snapshot(good.data)  # the tampered raw folder must not be touched either
     assert {k: v for k, v in good.before.items() if k.startswith("prepared/")} == prepared_before
     assert_refused(good, "preprocess", file_name, phrases, capsys if in_process else None)
+
+
+# preprocess refuses ingested data it cannot split or normalise soundly ----------------------------
+
+
+def _labels_skip_ids(good: GoodProject) -> tuple[str, list[str]]:
+    """IDX labels {0, 5}: ingest infers 6 classes, of which 1..4 have no image."""
+    for prefix, seed in (("train", 1), ("t10k", 2)):
+        x, y = datagen.make_images(30, 8, 2, seed=seed)
+        datagen.write_idx_pair(good.src, prefix, x, (y * 5).astype(np.uint8))
+    return "train.safetensors", [
+        "every class needs images in the train split",
+        "class(es) 1, 2, 3, 4 have none in the train split",
+        "data.num_classes",
+    ]
+
+
+def _declared_classes_beyond_the_data(good: GoodProject) -> tuple[str, list[str]]:
+    good.project.write_params(data={**IDX_PARAMS, "num_classes": 5})  # the data has classes 0..2
+    return "train.safetensors", ["class(es) 3, 4 have none in the train split"]
+
+
+def _train_file_lacks_a_class(good: GoodProject) -> tuple[str, list[str]]:
+    x, y = datagen.make_images(60, 8, 2, seed=1)  # classes 0, 1; the t10k file also has 2
+    datagen.write_idx_pair(good.src, "train", x, y)
+    return "train.safetensors", ["every class needs images in the train split", "class(es) 2 have none"]
+
+
+def _test_file_lacks_a_class(good: GoodProject) -> tuple[str, list[str]]:
+    x, y = datagen.make_images(30, 8, 2, seed=2)  # classes 0, 1; the train file also has 2
+    datagen.write_idx_pair(good.src, "t10k", x, y)
+    return "test.safetensors", [
+        "every class needs images in the test split",
+        "class(es) 2 have none in the test split",
+        "macro-F1",
+    ]
+
+
+def _normalisation_overflows_float32(good: GoodProject) -> tuple[str, list[str]]:
+    """Every pixel fits in float32, but one pixel per image sits ~6e38 below the training mean:
+    ``pixels - mean`` is -inf in float32."""
+    for prefix, n in (("train", 60), ("t10k", 30)):
+        _, y = datagen.make_images(n, 8, 3, seed=1)
+        x = np.full((n, 8, 8), 3e38, np.float32)
+        x[:, 0, 0] = -3e38
+        x[:, 1, 1] = y  # not constant
+        datagen.write_idx_pair(good.src, prefix, x, y)
+    return "train.safetensors", ["normalised pixel values must be finite in float32", "train split"]
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _labels_skip_ids,
+        _declared_classes_beyond_the_data,
+        _train_file_lacks_a_class,
+        _test_file_lacks_a_class,
+        _normalisation_overflows_float32,
+    ],
+    ids=["labels-skip-ids", "num-classes-beyond-data", "train-lacks-class", "test-lacks-class", "overflow"],
+)
+def test_preprocess_refuses_data_it_cannot_split_or_normalise(
+    good: GoodProject, corrupt: Corruption, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Data that meets the ingest contract but would train or evaluate wrongly (classes without a
+    train or test image, pixels that overflow float32 once normalised) passes ingest and fails
+    preprocess (exit 2, naming the raw file, the split and the rule) before data/prepared is touched."""
+    prepared_before = {k: v for k, v in good.before.items() if k.startswith("prepared/")}
+    file_name, phrases = corrupt(good)
+    code, stderr = run_in_process(good.project, "ingest", capsys)
+    assert code == 0, stderr
+    good.before = snapshot(good.data)
+    assert {k: v for k, v in good.before.items() if k.startswith("prepared/")} == prepared_before
+    assert_refused(good, "preprocess", file_name, phrases, capsys)
 
 
 def test_good_project_reruns_cleanly(good: GoodProject) -> None:

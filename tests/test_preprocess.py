@@ -4,7 +4,10 @@ determinism, and a source's own test split kept as is."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +17,9 @@ from components.data.ingest import ingest
 from components.data.normalize import Normalization
 from components.data.prepared import load_prepared
 from components.data.preprocess import preprocess
-from components.data.tensorfile import load_arrays
+from components.data.tensorfile import load_arrays, save_arrays
+from components.errors import DataValidationError
+from components.hashing import sha256_file
 from tests import datagen
 
 
@@ -141,3 +146,97 @@ def test_prepared_data_loads_with_its_statistics(digits_prepared: Path) -> None:
     assert data.stats.image_shape == [1, 8, 8]
     assert data.stats.class_names == [str(d) for d in range(10)]
     assert data.manifest["num_classes"] == 10
+
+
+# rules on the data preprocess reads and writes ------------------------------------------------
+
+
+def test_validation_split_may_miss_a_rare_class(tmp_path: Path) -> None:
+    """A class too rare for its share of the validation split is allowed there (validation only
+    steers early stopping through its loss), as long as train and test hold it."""
+    x, y = datagen.make_images(60, 8, 2, seed=1)
+    rare, _ = datagen.make_images(2, 8, 2, seed=3)
+    x, y = np.concatenate([x, rare]), np.concatenate([y, [2, 2]]).astype(np.uint8)  # class 2: 2 images
+    datagen.write_idx_pair(tmp_path / "src", "train", x, y)
+    datagen.write_idx_pair(tmp_path / "src", "t10k", *datagen.make_images(30, 8, 3, seed=2))
+    ingest(DataParams(source="idx", path="src"), tmp_path / "raw", root=tmp_path)
+    manifest = preprocess(PreprocessParams(), tmp_path / "raw", tmp_path / "out")
+    counts = {s: e["class_counts"] for s, e in manifest["splits"].items()}
+    assert counts == {"train": [25, 26, 2], "val": [5, 4, 0], "test": [10, 10, 10]}
+
+
+def test_statistics_past_float32_from_an_older_raw_folder_are_refused(tmp_path: Path) -> None:
+    """A raw folder whose pixels overflow float32 (written before ingest had that rule, with valid
+    hashes) is refused by the statistics check, naming the raw file, and nothing is written."""
+    datagen.write_npz(tmp_path / "d.npz", n=60)
+    raw = tmp_path / "raw"
+    ingest(DataParams(source="npz", path="d.npz"), raw, root=tmp_path)
+    arrays = load_arrays(raw / "all.safetensors")
+    save_arrays(raw / "all.safetensors", {**arrays, "images": arrays["images"].astype(np.float64) * 1e39})
+    manifest = json.loads((raw / "manifest.json").read_text())
+    manifest["splits"]["all"]["sha256"] = sha256_file(raw / "all.safetensors")
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    rule = "normalisation statistics must be finite in float32"
+    with pytest.raises(DataValidationError, match=rule) as info:
+        preprocess(PreprocessParams(), raw, tmp_path / "out")
+    assert info.value.file == str(raw / "all.safetensors")
+    assert not (tmp_path / "out").exists()
+
+
+def _edit_stats(folder: Path, **changes: Any) -> None:
+    stats = json.loads((folder / "stats.json").read_text())
+    (folder / "stats.json").write_text(json.dumps({**stats, **changes}))
+
+
+STATS_EDITS: dict[str, Callable[[Path], None]] = {
+    "mean-changed": lambda folder: _edit_stats(folder, mean=[3.0]),
+    "nine-class-names": lambda folder: _edit_stats(folder, class_names=[str(d) for d in range(9)]),
+    "other-image-shape": lambda folder: _edit_stats(folder, image_shape=[1, 28, 28]),
+    "not-json": lambda folder: (folder / "stats.json").write_text("{not json"),
+    "deleted": lambda folder: (folder / "stats.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("edit", STATS_EDITS.values(), ids=STATS_EDITS.keys())
+def test_prepared_stats_must_match_the_manifest(
+    digits_prepared: Path, tmp_path: Path, edit: Callable[[Path], None]
+) -> None:
+    """stats.json is checked against the manifest's stats_sha256 where train, evaluate and register
+    load the prepared data: an edited, unreadable or missing file is an error naming it."""
+    folder = tmp_path / "prepared"
+    shutil.copytree(digits_prepared, folder)
+    edit(folder)
+    with pytest.raises(DataValidationError, match=r"sha256 differs|is missing") as info:
+        load_prepared(folder)
+    assert info.value.file == str(folder / "stats.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "rule"),
+    [
+        (None, "normalisation file not found"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must hold the normalisation written by preprocess"),
+        ('{"mean": [0.0]}', "must hold the normalisation written by preprocess"),
+    ],
+    ids=["missing", "not-json", "list", "missing-keys"],
+)
+def test_normalization_load_names_the_file(tmp_path: Path, content: str | None, rule: str) -> None:
+    """Every way to break a stats.json is a DataValidationError naming it, not a traceback."""
+    path = tmp_path / "stats.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataValidationError, match=rule) as info:
+        Normalization.load(path)
+    assert info.value.file == str(path)
+
+
+def test_prepared_manifest_without_stats_hash_is_refused(digits_prepared: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "prepared"
+    shutil.copytree(digits_prepared, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["stats_sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataValidationError, match="must hold 'stats_sha256' as a JSON string") as info:
+        load_prepared(folder)
+    assert info.value.file == str(folder / "manifest.json")

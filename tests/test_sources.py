@@ -194,6 +194,22 @@ def test_idx_declared_num_classes_counts_absent_classes(tmp_path: Path) -> None:
     assert manifest["splits"]["all"]["class_counts"] == [4, 4, 4, 0, 0]
 
 
+@pytest.mark.parametrize("source", ["idx", "npz"])
+def test_declared_num_classes_beyond_the_images_is_refused(tmp_path: Path, source: str) -> None:
+    """``data.num_classes`` above the number of labelled images is refused before one class name
+    per class is built (a class needs images; 10**12 names would not fit in memory)."""
+    x, y = datagen.make_images(12, 8, 3, seed=24)
+    if source == "idx":
+        datagen.write_idx_pair(tmp_path / "src", "train", x, y)
+        path = "src"
+    else:
+        path = str(datagen.write_npz(tmp_path / "d.npz", n=12))
+    rule = r"data\.num_classes=1000000000000 exceeds the 12 labelled images"
+    with pytest.raises(DataSourceError, match=rule):
+        ingest(DataParams(source=source, path=path, num_classes=10**12), tmp_path / "raw", root=tmp_path)
+    assert not (tmp_path / "raw").exists()
+
+
 def test_idx_plain_file_wins_over_gz_twin(tmp_path: Path) -> None:
     """With ``x`` and ``x.gz`` side by side (torchvision's layout) the uncompressed file is read."""
     x, y = datagen.make_images(9, 8, 3, seed=25)

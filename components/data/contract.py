@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.errors import DataValidationError
+from components.errors import DataSourceError, DataValidationError
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,22 @@ class SourceData:
         return len(self.class_names)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Largest pixel magnitude accepted: preprocessing normalises in float32."""
+
+
 def check_split(split: RawSplit, num_classes: int) -> None:
     """Apply every per-split rule; raise :class:`DataValidationError` on the first broken one."""
+    check_arrays(split)
+    check_label_range(split, num_classes)
+
+
+def check_arrays(split: RawSplit) -> None:
+    """The rules that need no class count: shapes, dtypes, counts and pixel values.
+
+    Run before the class count is looked at: labels of the wrong type or shape (one-hot rows,
+    floats) give no class count, and would otherwise be reported as "too few classes".
+    """
     images, labels = split.images, split.labels
     if images.ndim != 4:
         raise DataValidationError(
@@ -54,7 +68,9 @@ def check_split(split: RawSplit, num_classes: int) -> None:
     _require_images(split)
     if labels.ndim != 1:
         raise DataValidationError(
-            split.label_file, "labels must be a 1-D array", f"got shape {list(labels.shape)}"
+            split.label_file,
+            "labels must be a 1-D array of class ids (one-hot rows are not accepted)",
+            f"got shape {list(labels.shape)}",
         )
     if len(images) != len(labels):
         raise DataValidationError(
@@ -67,16 +83,16 @@ def check_split(split: RawSplit, num_classes: int) -> None:
             split.image_file, "images must be integer or floating-point numbers", f"got {images.dtype}"
         )
     if np.issubdtype(images.dtype, np.floating):
-        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
-        if not finite.all():
-            first = int(np.argmin(finite))
-            raise DataValidationError(
-                split.image_file,
-                "images contain NaN or infinite values",
-                f"{int((~finite).sum())} image(s), first at index {first}",
-            )
+        _require_finite(split)
+        _require_float32_range(split)
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataValidationError(split.label_file, "labels must be integers", f"got {labels.dtype}")
+
+
+def check_label_range(split: RawSplit, num_classes: int) -> None:
+    """Every label is a class id in ``0..num_classes-1`` (labels already checked by
+    :func:`check_arrays`)."""
+    labels = split.labels
     out_of_range = (labels < 0) | (labels >= num_classes)
     if out_of_range.any():
         first = int(np.argmax(out_of_range))
@@ -84,6 +100,37 @@ def check_split(split: RawSplit, num_classes: int) -> None:
             split.label_file,
             f"labels outside range 0..{num_classes - 1}",
             f"label {int(labels[first])} at index {first}; {int(out_of_range.sum())} label(s) out of range",
+        )
+
+
+def _require_finite(split: RawSplit) -> None:
+    images = split.images
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)  # (N,)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise DataValidationError(
+            split.image_file,
+            "images contain NaN or infinite values",
+            f"{int((~finite).sum())} image(s), first at index {first}",
+        )
+
+
+def _require_float32_range(split: RawSplit) -> None:
+    """Finite pixels of a wider float type must also be finite in float32, the type preprocessing
+    normalises in: a value past ~3.4e38 becomes inf there and turns the whole prepared set into NaN
+    through the mean. Integer pixels always fit (int64's range is far inside float32's)."""
+    images = split.images
+    if np.finfo(images.dtype).max <= FLOAT32_MAX:
+        return
+    flat = images.reshape(len(images), -1)  # (N, C*H*W)
+    too_large = (flat.max(axis=1) > FLOAT32_MAX) | (flat.min(axis=1) < -FLOAT32_MAX)  # (N,)
+    if too_large.any():
+        first = int(np.argmax(too_large))
+        worst = float(flat[first][np.argmax(np.abs(flat[first]))])
+        raise DataValidationError(
+            split.image_file,
+            f"pixel values must fit in float32 (magnitude at most {FLOAT32_MAX:.4g})",
+            f"{int(too_large.sum())} image(s), first at index {first} (value {worst:.4g})",
         )
 
 
@@ -95,11 +142,15 @@ def _require_images(split: RawSplit) -> None:
 def check_source(data: SourceData) -> None:
     """Per-split rules, plus: all splits share one image shape (C x H x W).
 
-    Emptiness is checked first: an empty source would otherwise be reported as having too few
-    classes.
+    Order matters for the message a user gets: emptiness first (an empty source would otherwise be
+    reported as having too few classes), then every split's shape, dtype and value rules (labels
+    that are one-hot or floats give no class count, and would otherwise be reported as "at least 2
+    classes, got 0"), then the class count, then the label range.
     """
     for split in data.splits.values():
         _require_images(split)
+    for split in data.splits.values():
+        check_arrays(split)
     if data.num_classes < 2:
         raise DataValidationError(
             next(iter(data.splits.values())).label_file,
@@ -108,7 +159,7 @@ def check_source(data: SourceData) -> None:
         )
     reference: tuple[str, tuple[int, ...]] | None = None
     for name, split in data.splits.items():
-        check_split(split, data.num_classes)
+        check_label_range(split, data.num_classes)
         shape = tuple(split.images.shape[1:])
         if reference is None:
             reference = (name, shape)
@@ -122,12 +173,36 @@ def check_source(data: SourceData) -> None:
 
 def infer_num_classes(splits: dict[str, RawSplit], declared: int | None) -> int:
     """``declared`` if given, else max label + 1 over the integer labels of all splits (labels of
-    another type or shape are refused later by :func:`check_split`)."""
+    another type or shape are refused later by :func:`check_arrays`).
+
+    Sources build one class name per class id, so the count is checked before anything is
+    allocated: a class count above the number of labelled images means classes without a single
+    image (refused by preprocessing anyway), and one stray label such as 2**62 would otherwise
+    exhaust memory building ``range(2**62)`` names.
+    """
+    total = sum(len(s.labels) for s in splits.values())
     if declared is not None:
+        if total and declared > total:
+            raise DataSourceError(
+                f"data.num_classes={declared} exceeds the {total} labelled images: every class "
+                "needs images; set it to the number of classes or null"
+            )
         return declared
-    maxima = [
-        int(s.labels.max())
-        for s in splits.values()
-        if s.labels.size and s.labels.ndim == 1 and np.issubdtype(s.labels.dtype, np.integer)
-    ]
-    return max(maxima, default=-1) + 1
+    num_classes = 0
+    for split in splits.values():
+        labels = split.labels
+        if not (labels.size and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)):
+            continue
+        index = int(np.argmax(labels))  # (first) position of the largest label
+        largest = int(labels[index])
+        if largest + 1 > total:
+            raise DataValidationError(
+                split.label_file,
+                "more classes than labelled images: labels must be class ids 0..K-1 with K at "
+                "most the number of images",
+                f"label {largest} at index {index} would make {largest + 1} classes from {total} "
+                "images; fix the label, or set data.num_classes to the number of classes so that "
+                "every label outside the range is reported",
+            )
+        num_classes = max(num_classes, largest + 1)
+    return num_classes

@@ -10,10 +10,32 @@ from components.errors import DataValidationError
 from components.hashing import sha256_file
 
 MANIFEST = "manifest.json"
+STATS = "stats.json"
+
+REQUIRED_KEYS: dict[str, dict[str, type]] = {
+    "ingest": {"source": str, "num_classes": int, "class_names": list, "splits": dict},
+    "preprocess": {
+        "source": str,
+        "num_classes": int,
+        "class_names": list,
+        "image_shape": list,
+        "stats_sha256": str,
+        "splits": dict,
+    },
+}
+"""Top-level keys (and their JSON types) that the readers of each stage's manifest rely on."""
+
+HASHED_FILES: dict[str, dict[str, str]] = {"preprocess": {"stats_sha256": STATS}}
+"""Per stage, files besides the splits whose sha256 the manifest records: key -> file name."""
 
 
 def read_manifest(folder: Path, stage: str) -> dict[str, Any]:
-    """Load ``folder/manifest.json`` written by ``stage`` and check every listed file's sha256."""
+    """Load ``folder/manifest.json`` written by ``stage``, check its structure, and check the sha256
+    of every file it lists (the splits, and :data:`HASHED_FILES` such as ``stats.json``).
+
+    Every way for it to be wrong (missing, not JSON, a key missing or of the wrong type, a listed
+    file missing or changed) is a :class:`DataValidationError` naming the file, not a traceback.
+    """
     path = folder / MANIFEST
     if not path.is_file():
         raise DataValidationError(path, f"manifest not found (run the {stage} stage first)")
@@ -23,12 +45,55 @@ def read_manifest(folder: Path, stage: str) -> dict[str, Any]:
         raise DataValidationError(path, "manifest is not valid JSON", str(exc)) from None
     if not isinstance(manifest, dict) or manifest.get("stage") != stage:
         raise DataValidationError(path, f"not a manifest written by the {stage} stage")
-    for name, entry in manifest.get("splits", {}).items():
-        file = folder / entry["file"]
-        if not file.is_file():
-            raise DataValidationError(file, f"file listed in {path} for split {name!r} is missing")
-        if sha256_file(file) != entry["sha256"]:
-            raise DataValidationError(
-                file, f"sha256 differs from {path}: the file changed after {stage} wrote it"
-            )
+    _check_structure(manifest, path, stage)
+    for name, entry in manifest["splits"].items():
+        _check_hash(folder / entry["file"], entry["sha256"], path, stage, f"for split {name!r}")
+    for key, file_name in HASHED_FILES.get(stage, {}).items():
+        _check_hash(folder / file_name, manifest[key], path, stage, f"as {key}")
     return manifest
+
+
+def _check_structure(manifest: dict[str, Any], path: Path, stage: str) -> None:
+    """The keys readers use are there with the right types; each split entry names a file in the
+    same folder and its sha256; ``class_names`` holds ``num_classes`` strings."""
+    for key, kind in REQUIRED_KEYS.get(stage, {"splits": dict}).items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DataValidationError(
+                path,
+                f"manifest of the {stage} stage must hold {key!r} as a JSON {_json_type(kind)}",
+                f"got {type(value).__name__ if key in manifest else 'nothing'}",
+            )
+    for name, entry in manifest["splits"].items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("sha256"), str)
+            and Path(entry["file"]).name == entry["file"]
+        ):
+            raise DataValidationError(
+                path,
+                f"split {name!r} must be an object with 'file' (a file name in {path.parent}) and 'sha256'",
+                f"got {json.dumps(entry)[:200]}",
+            )
+    if "class_names" in manifest and "num_classes" in manifest:
+        names = manifest["class_names"]
+        if len(names) != manifest["num_classes"] or not all(isinstance(n, str) for n in names):
+            raise DataValidationError(
+                path,
+                "class_names must be num_classes strings",
+                f"num_classes {manifest['num_classes']}, {len(names)} class name(s)",
+            )
+
+
+def _json_type(kind: type) -> str:
+    return {str: "string", int: "integer", list: "array", dict: "object"}.get(kind, kind.__name__)
+
+
+def _check_hash(file: Path, expected: str, manifest: Path, stage: str, role: str) -> None:
+    if not file.is_file():
+        raise DataValidationError(file, f"file listed in {manifest} {role} is missing")
+    if sha256_file(file) != expected:
+        raise DataValidationError(
+            file, f"sha256 differs from {manifest}: the file changed after {stage} wrote it"
+        )

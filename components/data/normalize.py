@@ -7,6 +7,7 @@ the transform training saw: ``x = (pixels - mean[c]) / std[c]`` on the source's 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from components.atomic import dumps_json
+from components.errors import DataValidationError
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,34 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        """Inverse of :meth:`to_json`; ``TypeError`` when ``data`` is not such an object."""
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         return cls(**{k: v for k, v in data.items() if k != "formula"})
 
     @classmethod
     def load(cls, path: Path | str) -> Normalization:
-        import json
+        """Read a ``stats.json``; a missing, unreadable or malformed file is a
+        :class:`DataValidationError` naming it, not a traceback."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataValidationError(path, "normalisation file not found (run the preprocess stage)")
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataValidationError(path, "normalisation file is not valid JSON", str(exc)) from None
+        except TypeError as exc:
+            raise DataValidationError(
+                path, "must hold the normalisation written by preprocess", str(exc)
+            ) from None
 
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    def check_float32(self, file: Path | str) -> None:
+        """Every mean and std is finite in float32, the type :meth:`apply` computes in (an
+        overflowing mean turns every normalised pixel into NaN); ``file`` is named in the error."""
+        values = np.asarray([*self.mean, *self.std], dtype=np.float64)
+        if not np.all(np.abs(values) <= np.finfo(np.float32).max):
+            raise DataValidationError(
+                file,
+                "normalisation statistics must be finite in float32 (pixel values too large)",
+                f"mean {self.mean}, std {self.std}",
+            )

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from components.data.manifest import MANIFEST, read_manifest
+from components.data.manifest import MANIFEST, STATS, read_manifest
 from components.data.normalize import Normalization
-from components.data.preprocess import STATS
 from components.data.tensorfile import load_arrays
 from components.errors import DataValidationError
 from components.hashing import sha256_file
@@ -38,7 +37,8 @@ class PreparedData:
 
 
 def load_prepared(folder: Path | str) -> PreparedData:
-    """Load and hash-check ``folder`` (the preprocess output)."""
+    """Load and hash-check ``folder`` (the preprocess output): every split file and ``stats.json``
+    must match the sha256 in its manifest, so an edited normalisation or class list is refused."""
     folder = Path(folder)
     manifest = read_manifest(folder, "preprocess")
     splits = {}

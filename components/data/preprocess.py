@@ -15,6 +15,9 @@ A source's own test split is kept as the test split (``test_fraction`` is then u
 validation split is drawn from its train split; otherwise test and validation are drawn from the
 one pool. Splits are stratified by class, use ``preprocess.seed``, and list samples in source order,
 so the same params and input give byte-identical files.
+
+Nothing is written unless every class has images in the train and the test split (validation may
+miss a rare class, see :func:`check_class_coverage`) and the normalised pixels are finite.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from components.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from components.config import PreprocessParams
-from components.data.manifest import MANIFEST, read_manifest
+from components.data.manifest import MANIFEST, STATS, read_manifest
 from components.data.normalize import Normalization
 from components.data.tensorfile import load_arrays, save_arrays
 from components.errors import DataValidationError
@@ -35,7 +38,6 @@ from components.hashing import sha256_file
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-STATS = "stats.json"
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,54 @@ def plan_splits(
     }
 
 
+def check_class_coverage(
+    labels: dict[str, np.ndarray], class_names: list[str], files: dict[str, Path]
+) -> None:
+    """Every class has images in the train split and in the test split.
+
+    Train: a class without a training image cannot be learnt (labels that skip ids, such as {0, 5},
+    or a ``data.num_classes`` above the classes present, make such classes). Test: evaluation
+    averages precision, recall and F1 over every class, and a class without a test image scores 0
+    there, so macro-F1 would be skewed by the data rather than the model. Validation may miss a
+    class: it only steers early stopping and model selection through the validation loss (its
+    counts per class are in the manifest). The stratified splits put a class in val and test when
+    its share of the pool allows; this rule catches the rest, naming the split and the classes.
+    """
+    hints = {
+        "train": "every class 0..K-1 needs training images: relabel so that ids have no gaps, or "
+        "set data.num_classes to the number of classes present",
+        "test": "macro-F1 over all classes would count it as 0: add images of it to the source's "
+        "test split, or raise preprocess.test_fraction",
+    }
+    for split, hint in hints.items():
+        counts = np.bincount(labels[split], minlength=len(class_names))  # (K,)
+        missing = [class_names[c] for c in np.flatnonzero(counts == 0)]
+        if missing:
+            shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise DataValidationError(
+                files[split],
+                f"every class needs images in the {split} split",
+                f"class(es) {shown} have none in the {split} split; {hint}",
+            )
+
+
+def check_normalised(x: np.ndarray, file: Path, split: str) -> None:
+    """The normalised ``x`` (N x C x H x W float32) of ``split`` is finite: pixels far from the
+    training mean can overflow float32 arithmetic even when each pixel fits in float32."""
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)  # (N,)
+    if not finite.all():
+        raise DataValidationError(
+            file,
+            "normalised pixel values must be finite in float32 (pixel range too wide)",
+            f"{int((~finite).sum())} image(s) of the {split} split, first at index {int(np.argmin(finite))}",
+        )
+
+
 def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | str) -> dict[str, Any]:
     """Turn ``raw_dir`` (the ingest output) into ``out_dir``; replaced only on success.
+
+    Every rule (class coverage, usable statistics, finite normalised pixels) is checked on the
+    arrays in memory before anything is written.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -105,37 +153,43 @@ def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | st
     class_names = list(raw_manifest["class_names"])
 
     plan = plan_splits({name: arrays["labels"] for name, arrays in raw.items()}, params, files)
+    origin_files = {split: files[plan[split].origin] for split in SPLITS}
+    labels = {split: raw[plan[split].origin]["labels"][plan[split].indices] for split in SPLITS}
+    check_class_coverage(labels, class_names, origin_files)
+
     train_images = raw[plan["train"].origin]["images"][plan["train"].indices]
     stats = Normalization.fit(train_images, class_names, raw_manifest["source"])
+    stats.check_float32(origin_files["train"])
     if min(stats.std) == 0.0:
         raise DataValidationError(
-            files[plan["train"].origin],
+            origin_files["train"],
             "pixel values are constant across the training split (std 0): cannot normalise",
         )
-
     one_hot = np.eye(num_classes, dtype=np.float32)
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for split in SPLITS:
+        index = plan[split].indices
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
+            x = stats.apply(raw[plan[split].origin]["images"][index])  # (N, C, H, W) float32
+        check_normalised(x, origin_files[split], split)
+        outputs[split] = {
+            "x": x,
+            "y": one_hot[labels[split]],  # (N, K) float32
+            "labels": labels[split].astype(np.int64),  # (N,)
+            "source_index": index.astype(np.int64),  # (N,)
+        }
+
     with atomic_directory(out_dir) as tmp:
         entries: dict[str, Any] = {}
         for split in SPLITS:
-            source = raw[plan[split].origin]
-            index = plan[split].indices
-            labels = source["labels"][index]
             file = tmp / f"{split}.safetensors"
-            save_arrays(
-                file,
-                {
-                    "x": stats.apply(source["images"][index]),  # (N, C, H, W) float32
-                    "y": one_hot[labels],  # (N, K) float32
-                    "labels": labels.astype(np.int64),  # (N,)
-                    "source_index": index.astype(np.int64),  # (N,)
-                },
-            )
+            save_arrays(file, outputs[split])
             entries[split] = {
                 "file": file.name,
                 "sha256": sha256_file(file),
                 "origin": plan[split].origin,
-                "count": len(index),
-                "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+                "count": len(plan[split].indices),
+                "class_counts": np.bincount(labels[split], minlength=num_classes).tolist(),
             }
         atomic_write_text(tmp / STATS, stats.to_json())
         manifest = {
