@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -47,7 +46,7 @@ from components.data.prepared import data_version
 from components.data.preprocess import preprocess
 from components.dvc_sync import DvcStages, run_unless_up_to_date
 from components.errors import ParamsError, is_transient
-from components.torch_turns import one_at_a_time
+from components.torch_turns import one_at_a_time, one_launch_at_a_time
 
 # torch, Lightning and MLflow (train, evaluate, register, tracking) are imported by the tasks that
 # use them: importing this module is what `flows.deploy`, a deployment's registration and `--help`
@@ -58,9 +57,6 @@ if TYPE_CHECKING:
 FLOW_NAME = "training-pipeline"
 RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
 REGISTRATION = "reports/registration.json"
-# One multi-process training at a time: each torchrun starts a process on every device it names
-# (``train.devices: auto`` = all GPUs), so two at once would share every GPU and its memory.
-_ONE_LAUNCH = threading.Lock()
 
 
 def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -123,11 +119,10 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
 
     def launched() -> None:
         env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
-        with _ONE_LAUNCH:
-            launch_training(
-                run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags, env=env,
-                on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
-            )  # fmt: skip
+        one_launch_at_a_time(
+            launch_training, run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags,
+            env=env, on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
+        )  # fmt: skip
 
     def in_process() -> None:
         one_at_a_time(

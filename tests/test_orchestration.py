@@ -115,3 +115,18 @@ def test_loading_the_flow_module_does_not_import_torch_lightning_or_mlflow() -> 
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_the_flow_pickles_by_value_as_a_served_deployment_needs() -> None:
+    """``flow.serve`` starts each run by cloudpickling the flow with its module's globals by value:
+    a lock (or any unpicklable object) at module level makes every scheduled run crash at start."""
+    import cloudpickle
+
+    import flows.pipeline
+
+    cloudpickle.register_pickle_by_value(flows.pipeline)
+    try:
+        payload = cloudpickle.dumps(flows.pipeline.training_pipeline)
+    finally:
+        cloudpickle.unregister_pickle_by_value(flows.pipeline)
+    assert len(payload) > 0
