@@ -103,16 +103,18 @@ def check_label_range(split: RawSplit, num_classes: int) -> None:
         )
 
 
-def _require_finite(split: RawSplit) -> None:
-    images = split.images
+def nonfinite_images(images: np.ndarray) -> str | None:
+    """``"<count> image(s), first at index <i>"`` for the images (N x ...) holding a NaN or an
+    infinity; ``None`` when every value is finite."""
     finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)  # (N,)
-    if not finite.all():
-        first = int(np.argmin(finite))
-        raise DataValidationError(
-            split.image_file,
-            "images contain NaN or infinite values",
-            f"{int((~finite).sum())} image(s), first at index {first}",
-        )
+    if finite.all():
+        return None
+    return f"{int((~finite).sum())} image(s), first at index {int(np.argmin(finite))}"
+
+
+def _require_finite(split: RawSplit) -> None:
+    if (where := nonfinite_images(split.images)) is not None:
+        raise DataValidationError(split.image_file, "images contain NaN or infinite values", where)
 
 
 def _require_float32_range(split: RawSplit) -> None:

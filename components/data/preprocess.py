@@ -16,8 +16,8 @@ validation split is drawn from its train split; otherwise test and validation ar
 one pool. Splits are stratified by class, use ``preprocess.seed``, and list samples in source order,
 so the same params and input give byte-identical files.
 
-Nothing is written unless every class has images in the train and the test split (validation may
-miss a rare class, see :func:`check_class_coverage`) and the normalised pixels are finite.
+The output is replaced only if every class has images in the train and the test split (validation
+may miss a rare class, see :func:`check_class_coverage`) and the normalised pixels are finite.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from components.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from components.config import PreprocessParams
+from components.data.contract import nonfinite_images
 from components.data.manifest import MANIFEST, STATS, read_manifest
 from components.data.normalize import Normalization
 from components.data.tensorfile import load_arrays, save_arrays
@@ -127,20 +128,19 @@ def check_class_coverage(
 def check_normalised(x: np.ndarray, file: Path, split: str) -> None:
     """The normalised ``x`` (N x C x H x W float32) of ``split`` is finite: pixels far from the
     training mean can overflow float32 arithmetic even when each pixel fits in float32."""
-    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)  # (N,)
-    if not finite.all():
+    if (where := nonfinite_images(x)) is not None:
         raise DataValidationError(
             file,
             "normalised pixel values must be finite in float32 (pixel range too wide)",
-            f"{int((~finite).sum())} image(s) of the {split} split, first at index {int(np.argmin(finite))}",
+            f"{where} of the {split} split",
         )
 
 
 def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | str) -> dict[str, Any]:
     """Turn ``raw_dir`` (the ingest output) into ``out_dir``; replaced only on success.
 
-    Every rule (class coverage, usable statistics, finite normalised pixels) is checked on the
-    arrays in memory before anything is written.
+    Every rule (class coverage, usable statistics, finite normalised pixels) is checked before the
+    output is replaced: a refusal leaves the previous version in place.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
@@ -166,24 +166,23 @@ def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | st
             "pixel values are constant across the training split (std 0): cannot normalise",
         )
     one_hot = np.eye(num_classes, dtype=np.float32)
-    outputs: dict[str, dict[str, np.ndarray]] = {}
-    for split in SPLITS:
-        index = plan[split].indices
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
-            x = stats.apply(raw[plan[split].origin]["images"][index])  # (N, C, H, W) float32
-        check_normalised(x, origin_files[split], split)
-        outputs[split] = {
-            "x": x,
-            "y": one_hot[labels[split]],  # (N, K) float32
-            "labels": labels[split].astype(np.int64),  # (N,)
-            "source_index": index.astype(np.int64),  # (N,)
-        }
-
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir) as tmp:  # a refusal below leaves the previous output in place
         entries: dict[str, Any] = {}
-        for split in SPLITS:
+        for split in SPLITS:  # one split's arrays in memory at a time
+            index = plan[split].indices
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
+                x = stats.apply(raw[plan[split].origin]["images"][index])  # (N, C, H, W) float32
+            check_normalised(x, origin_files[split], split)
             file = tmp / f"{split}.safetensors"
-            save_arrays(file, outputs[split])
+            save_arrays(
+                file,
+                {
+                    "x": x,
+                    "y": one_hot[labels[split]],  # (N, K) float32
+                    "labels": labels[split].astype(np.int64),  # (N,)
+                    "source_index": index.astype(np.int64),  # (N,)
+                },
+            )
             entries[split] = {
                 "file": file.name,
                 "sha256": sha256_file(file),
