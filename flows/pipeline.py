@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -66,6 +68,30 @@ def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
 
 
 RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": only_transient}
+
+# Seconds to wait for Prefect's ephemeral server (no PREFECT_API_URL) to answer. Prefect waits 20 s;
+# the first start on a fresh 2-core machine (bytecode not compiled yet, the server's imports and its
+# SQLite migrations) took longer, and `make run` failed there before doing anything.
+EPHEMERAL_SERVER_STARTUP_TIMEOUT_S = 180
+EPHEMERAL_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
+@contextmanager
+def patient_ephemeral_server() -> Iterator[None]:
+    """Within: Prefect waits up to :data:`EPHEMERAL_SERVER_STARTUP_TIMEOUT_S` for its ephemeral server.
+
+    A value the user set (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``, in the environment or
+    a Prefect profile) wins. Prefect reads its settings when it is imported, so setting the variable
+    here would be too late; its ``temporary_settings`` is what takes effect.
+    """
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
+    from prefect.settings import temporary_settings
+
+    if EPHEMERAL_TIMEOUT_VARIABLE in os.environ or timeout.value() != timeout.default():
+        yield
+        return
+    with temporary_settings(updates={timeout: EPHEMERAL_SERVER_STARTUP_TIMEOUT_S}):
+        yield
 
 
 @dataclass(frozen=True)
@@ -293,14 +319,15 @@ def main(
 
     def body() -> None:
         overrides = key_overrides(set_ or [])
-        training_pipeline(
-            project_root=str(project_root),
-            params_file=params_file,
-            architectures=list(arch) if arch else None,
-            max_epochs=max_epochs,
-            data_source=data_source,
-            overrides=overrides or None,
-        )
+        with patient_ephemeral_server():
+            training_pipeline(
+                project_root=str(project_root),
+                params_file=params_file,
+                architectures=list(arch) if arch else None,
+                max_epochs=max_epochs,
+                data_source=data_source,
+                overrides=overrides or None,
+            )
         if summary:
             from pipelines.summary import print_summary
 

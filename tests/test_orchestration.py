@@ -130,3 +130,23 @@ def test_the_flow_pickles_by_value_as_a_served_deployment_needs() -> None:
     finally:
         cloudpickle.unregister_pickle_by_value(flows.pipeline)
     assert len(payload) > 0
+
+
+def test_the_flow_cli_waits_longer_than_prefects_20_s_for_its_ephemeral_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make run` on a freshly booted 2-core machine failed: the ephemeral server's first start took
+    more than Prefect's 20 s. Inside the CLI's context the wait is longer; a user's own value wins."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
+
+    from flows.pipeline import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, patient_ephemeral_server
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    before = timeout.value()
+    with patient_ephemeral_server():
+        assert timeout.value() == EPHEMERAL_SERVER_STARTUP_TIMEOUT_S > 20
+    assert timeout.value() == before  # only for the flow run, not for the rest of the process
+
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    with patient_ephemeral_server():
+        assert timeout.value() == before  # the user's setting (read by Prefect at import) stands
