@@ -129,3 +129,38 @@ def test_a_small_split_is_timed_over_several_batches_and_predicted_once() -> Non
     assert len(result.batch_seconds) == 6 >= MIN_TIMED_BATCHES
     assert result.timed_images == 20
     assert result.images_per_second == pytest.approx(20 / sum(result.batch_seconds))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("mlflow", "not-an-object", r"mlflow:"),
+        ("data_version", None, r"data_version:"),
+        ("parameters", -1, r"parameters:"),
+        ("fit_seconds", "fast", r"fit_seconds:"),
+    ],
+)
+def test_a_hand_edited_train_info_is_refused_naming_the_key_and_keeps_the_previous_report(
+    digits_project: Path, trained_mlp: Path, tmp_path: Path, key: str, value: object, named: str
+) -> None:
+    """Before, ``"mlflow": "x"`` raised an AttributeError after the reports had been replaced."""
+    from components.evaluation.summary import results_table
+
+    _evaluate(digits_project, trained_mlp, tmp_path / "report")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    model = tmp_path / "models" / "mlp"
+    shutil.copytree(trained_mlp, model)
+    info = json.loads((model / "train_info.json").read_text())
+    info[key] = value
+    (model / "train_info.json").write_text(json.dumps(info))
+    with pytest.raises(
+        DataValidationError, match=rf"train_info\.json: must hold what the train stage wrote \({named}"
+    ):
+        _evaluate(digits_project, model, tmp_path / "report")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
+
+    # The end-of-run summary shows the bad file in its row instead of crashing.
+    shutil.copytree(tmp_path / "report", tmp_path / "reports" / "mlp")
+    row = results_table(["mlp"], tmp_path / "models", tmp_path / "reports").columns[1]._cells[0]
+    assert str(row).startswith("unreadable:")
+    assert "train_info.json" in str(row)

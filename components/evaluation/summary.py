@@ -8,8 +8,30 @@ from pathlib import Path
 
 from rich.table import Table
 
+from components.errors import DataValidationError
 from components.evaluation.evaluate import METRICS
-from components.training.artifacts import TRAIN_INFO
+from components.training.artifacts import TRAIN_INFO, read_train_info
+
+
+def _result_cells(metrics_file: Path, info_file: Path) -> list[str]:
+    """Accuracy, macro-F1, parameters, epochs, fit time and inference speed, formatted."""
+    info = read_train_info(info_file)
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        figures = [float(metrics[key]) for key in ("accuracy", "f1_macro", "images_per_second")]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataValidationError(
+            metrics_file, "must hold accuracy, f1_macro and images_per_second", repr(exc)
+        ) from None
+    accuracy, f1_macro, images_per_second = figures
+    return [
+        f"{accuracy:.4f}",
+        f"{f1_macro:.4f}",
+        f"{info['parameters']:,}",
+        str(info["epochs"]),
+        f"{info['fit_seconds']:.1f} s",
+        f"{images_per_second:,.0f}",
+    ]
 
 
 def results_table(
@@ -21,13 +43,17 @@ def results_table(
     """One row per architecture: test accuracy, macro-F1, size, training and inference speed, and
     its registered version (``champion`` marked) when ``registration`` (registration.json) exists."""
     versions: dict[str, str] = {}
+    caption = None
     if registration is not None and Path(registration).is_file():
-        report = json.loads(Path(registration).read_text(encoding="utf-8"))
-        champion = (report.get("champion") or {}).get("version")
-        for decision in report.get("decisions", []):
-            mark = " champion" if str(decision["version"]) == str(champion) else ""
-            versions[decision["architecture"]] = f"v{decision['version']}{mark}"
-    table = Table(title="Test-split results")
+        try:
+            report = json.loads(Path(registration).read_text(encoding="utf-8"))
+            champion = (report.get("champion") or {}).get("version")
+            for decision in report.get("decisions", []):
+                mark = " champion" if str(decision["version"]) == str(champion) else ""
+                versions[decision["architecture"]] = f"v{decision['version']}{mark}"
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            versions, caption = {}, f"{registration}: unreadable ({exc!r}); versions not shown"
+    table = Table(title="Test-split results", caption=caption)
     for name, justify in [
         ("architecture", "left"),
         ("accuracy", "right"),
@@ -45,16 +71,10 @@ def results_table(
         if not metrics_file.is_file() or not info_file.is_file():
             table.add_row(arch, "not evaluated yet", "", "", "", "", "", "")
             continue
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        table.add_row(
-            arch,
-            f"{metrics['accuracy']:.4f}",
-            f"{metrics['f1_macro']:.4f}",
-            f"{info['parameters']:,}",
-            str(info["epochs"]),
-            f"{info['fit_seconds']:.1f} s",
-            f"{metrics['images_per_second']:,.0f}",
-            versions.get(arch, ""),
-        )
+        try:
+            cells = _result_cells(metrics_file, info_file)
+        except DataValidationError as exc:  # one bad file spoils its row, not the whole table
+            table.add_row(arch, f"unreadable: {exc}", "", "", "", "", "", "")
+            continue
+        table.add_row(arch, *cells, versions.get(arch, ""))
     return table

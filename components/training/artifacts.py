@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -86,6 +87,45 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+class _MlflowRunRecord(BaseModel):
+    """``train_info.json``'s ``mlflow``: the run that trained the model (evaluate adds to it)."""
+
+    model_config = ConfigDict(extra="allow")
+    run_id: str | None = None
+    parent_run_id: str | None = None
+
+
+class TrainInfoContract(BaseModel):
+    """The keys of ``train_info.json`` that evaluation, registration, the launcher and the summary
+    read. The file holds more (timings, history, digests), all of it kept as written."""
+
+    model_config = ConfigDict(extra="allow")
+    data_version: str
+    parameters: int = Field(ge=0)
+    epochs: int = Field(ge=0)
+    fit_seconds: float = Field(ge=0, allow_inf_nan=False)
+    mlflow: _MlflowRunRecord | None = None
+
+
+def read_train_info(path: Path | str) -> dict[str, Any]:
+    """``train_info.json`` as written by the train stage, after checking the keys read downstream.
+
+    A hand-edited or truncated file is refused naming the file and the key (not an
+    ``AttributeError`` halfway through evaluation, after its reports were written).
+    """
+    path = Path(path)
+    info = _read_json(path)
+    try:
+        TrainInfoContract.model_validate(info)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise DataValidationError(path, "must hold what the train stage wrote", problems) from None
+    return info
+
+
 def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the network from ``folder`` and load its weights; errors name the file and the rule."""
     folder = Path(folder)
@@ -103,7 +143,7 @@ def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -
         raise DataValidationError(
             folder / STATS, "must hold the normalisation written by preprocess", str(exc)
         ) from None
-    info = _read_json(folder / TRAIN_INFO)
+    info = read_train_info(folder / TRAIN_INFO)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise DataValidationError(weights, "missing (run the train stage first)")

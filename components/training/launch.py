@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -58,7 +57,7 @@ from components.errors import (
     TransientError,
     recorded_exit_codes,
 )
-from components.training.artifacts import TRAIN_INFO
+from components.training.artifacts import TRAIN_INFO, read_train_info
 from components.training.speed import device_kind
 
 LAUNCH_DIR = "launch"
@@ -403,8 +402,8 @@ def launch_training(
     info_file = model_dir / TRAIN_INFO
     info: dict[str, Any] | None = None
     if info_file.is_file() and info_file.stat().st_mtime >= wall_start - 1:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
+        info = read_train_info(info_file)
     elif rendezvous is None:  # one node: rank zero ran here and must have written the folder
         raise TrainingLaunchError(f"training finished but wrote no new {info_file}", 0, [])
-    run_id = str(info["mlflow"]["run_id"]) if info else None
+    run_id = (info.get("mlflow") or {}).get("run_id") if info else None
     return LaunchResult(command, model_dir, info, run_id, round(seconds, 3))
