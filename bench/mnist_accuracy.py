@@ -57,8 +57,8 @@ def main(
     / "shared"
     / "data"
     / "mnist-10k",
-    workdir: Annotated[Path | None, typer.Option(help="Keep the project here [default: a temp dir].")] = None,
-    arch: Annotated[list[str] | None, typer.Option(help="Architectures [default: all four].")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the project here (default: a temp dir).")] = None,
+    arch: Annotated[list[str] | None, typer.Option(help="Architectures (default: all four).")] = None,
 ) -> None:
     root = workdir or Path(tempfile.mkdtemp(prefix="mnist-accuracy-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -260,19 +260,19 @@ def _tracking(root: Path) -> Iterator[None]:
 
 @app.command()
 def main(
-    data: Annotated[Path | None, typer.Option(help="Folder of IDX files [default: the digits].")] = None,
-    arch: Annotated[list[str] | None, typer.Option(help="Architecture(s) [default: all].")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder of IDX files (default: the digits).")] = None,
+    arch: Annotated[list[str] | None, typer.Option(help="Architecture(s) (default: all).")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs per run; the first is a warm-up.")] = 16,
-    batch_size: Annotated[int | None, typer.Option(help="[default: train.batch_size]")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="[default: train.accelerator]")] = None,
-    precision: Annotated[str | None, typer.Option(help="[default: train.precision]")] = None,
-    compile: Annotated[bool | None, typer.Option(help="[default: train.compile]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: train.batch_size)")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="(default: train.accelerator)")] = None,
+    precision: Annotated[str | None, typer.Option(help="(default: train.precision)")] = None,
+    compile: Annotated[bool | None, typer.Option(help="(default: train.compile)")] = None,
     repeats: Annotated[int, typer.Option(help="Paired runs, pooled.")] = 1,
-    threads: Annotated[int | None, typer.Option(help="torch intra-op threads [default: torch's].")] = None,
-    steps_per_call: Annotated[int | None, typer.Option(help="[default: train.steps_per_call]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (default: torch's).")] = None,
+    steps_per_call: Annotated[int | None, typer.Option(help="(default: train.steps_per_call)")] = None,
     tile: Annotated[int, typer.Option(help="Repeat every image this many times (throughput only).")] = 1,
-    val_fraction: Annotated[float | None, typer.Option(help="[default: 0.1 with --data]")] = None,
-    test_fraction: Annotated[float | None, typer.Option(help="[default: 0.2 with --data]")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="(default: 0.1 with --data)")] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="(default: 0.2 with --data)")] = None,
     bare_epoch_end: Annotated[
         bool, typer.Option(help="Bare loop validates and checkpoints between epochs, as the stage.")
     ] = True,

@@ -18,8 +18,8 @@ def main(
     arch: Annotated[str, typer.Option(help=f"Architecture: {', '.join(ALL_ARCHITECTURES)}.")],
     params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
     prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
-    model: Annotated[Path | None, typer.Option(help="Model folder [default: models/<arch>].")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report folder [default: reports/<arch>].")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: models/<arch>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: reports/<arch>).")] = None,
 ) -> None:
     """Validate the settings, evaluate ``arch`` on the test split, write its report, log to MLflow."""
 

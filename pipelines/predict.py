@@ -30,8 +30,8 @@ def main(
     params: Annotated[Path, typer.Option(help="Settings file (gives the registered model's name).")] = Path(
         "params.yaml"
     ),
-    model_name: Annotated[str | None, typer.Option(help="Registered model [default: from params].")] = None,
-    version: Annotated[str | None, typer.Option(help="Model version [default: the alias].")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Registered model (default: from params).")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: the alias).")] = None,
     alias: Annotated[str, typer.Option(help="Alias used when no version is given.")] = CHAMPION,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per predict call.")] = PREDICT_BATCH_SIZE,
     device: Annotated[

@@ -18,7 +18,7 @@ def main(
     arch: Annotated[str, typer.Option(help=f"Architecture: {', '.join(ALL_ARCHITECTURES)}.")],
     params: Annotated[Path, typer.Option(help="Settings file.")] = Path("params.yaml"),
     prepared: Annotated[Path, typer.Option(help="Preprocess output folder.")] = Path("data/prepared"),
-    out: Annotated[Path | None, typer.Option(help="Output folder [default: models/<arch>].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: models/<arch>).")] = None,
     work: Annotated[Path, typer.Option(help="Folder for resumable checkpoints.")] = Path(".work"),
     tag: Annotated[list[str] | None, typer.Option(help="Extra MLflow run tag KEY=VALUE.")] = None,
 ) -> None:

@@ -150,3 +150,31 @@ def test_the_flow_cli_waits_longer_than_prefects_20_s_for_its_ephemeral_server(
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
     with patient_ephemeral_server():
         assert timeout.value() == before  # the user's setting (read by Prefect at import) stands
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pipelines.ingest",
+        "pipelines.preprocess",
+        "pipelines.train",
+        "pipelines.evaluate",
+        "pipelines.register",
+        "pipelines.predict",
+        "pipelines.summary",
+        "flows.pipeline",
+        "flows.deploy",
+    ],
+)
+def test_every_cli_option_help_survives_rich_markup(module: str) -> None:
+    """Typer renders help through rich, which swallows ``[...]`` as a markup tag: "Registered model
+    [default: from params]." printed as "Registered model ." in ``--help``."""
+    import importlib
+
+    import typer.main
+
+    command = typer.main.get_command(importlib.import_module(module).app)
+    commands = list(getattr(command, "commands", {}).values()) or [command]
+    helps = [param.help for cmd in commands for param in cmd.params if getattr(param, "help", None)]
+    assert helps, module
+    assert not [text for text in helps if "[" in str(text)]
