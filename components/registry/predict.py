@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +120,7 @@ def predict_file(
             inference_device({"device": device})
         except ValueError as exc:
             raise PipelineError(f"predict: {exc}") from None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-        model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
+    model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
     if device is not None and model.model_config.get("device") != device:
         # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
         raise PipelineError(

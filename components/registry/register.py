@@ -26,7 +26,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,8 +60,6 @@ NETWORKS_DIR = Path(__file__).resolve().parents[1] / "models"  # torch-only; cop
 WEIGHTS_TAG = "weights.sha256"
 DECISION_TAG = "registry.decision"
 REASON_TAG = "registry.reason"
-# The wrapper's predict has no type hints on purpose (the signature is explicit); MLflow says so.
-_HINT_WARNING = ".*Add type hints to the `predict` method"
 # One registration at a time in this process (threads of one flow wait here rather than poll the lease).
 _LOCK = threading.Lock()
 
@@ -99,9 +96,7 @@ def score(
     model_uri: str, pixels: np.ndarray, labels: np.ndarray, metric: str, class_names: list[str]
 ) -> float:
     """``metric`` (``test_accuracy`` or ``test_f1_macro``) of the registered model at ``model_uri``."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_HINT_WARNING)
-        model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
     predicted = model.predict(pixels)["class_id"].to_numpy()
     summary, _ = classification_metrics(labels, predicted, class_names)
     return float(summary[metric.removeprefix("test_")])
@@ -284,8 +279,7 @@ def _log_and_register(
         for source in sorted(NETWORKS_DIR.glob("*.py")):
             shutil.copyfile(source, networks / source.name)
         folder = Path(trained.folder)
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_HINT_WARNING)
+        with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(PYFUNC_FILE),
