@@ -333,6 +333,15 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     assert "'tpu'" in bad_device.output
     assert "'cuda:<n>'" in bad_device.output
     assert not (tmp_path / "tpu.csv").exists()
+    # A version or alias that does not exist: exit 2 with the model URI named, not a traceback.
+    for missing in (["--version", "999"], ["--alias", "nonesuch"]):
+        absent = CliRunner().invoke(
+            app, [str(folder), "--out", str(tmp_path / "absent.csv"), "--model-name", name, *missing]
+        )
+        assert absent.exit_code == 2, absent.output
+        assert f"cannot load models:/{name}" in absent.output
+        assert "Traceback" not in absent.output
+    assert not (tmp_path / "absent.csv").exists()
     # The CPU, named, predicts what the default predicts.
     on_cpu = predict_file(uri, folder, tmp_path / "cpu.csv", device="cpu")
     assert on_cpu["class_id"].tolist() == expected

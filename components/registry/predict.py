@@ -16,11 +16,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from components.atomic import atomic_write_text
 from components.data.idx import read_idx
 from components.errors import DataSourceError, DataValidationError, PipelineError
 from components.models import inference_device
+from components.tracking import tracking_error
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IDX_MARKERS = ("-ubyte", ".idx")
@@ -120,7 +122,11 @@ def predict_file(
             inference_device({"device": device})
         except ValueError as exc:
             raise PipelineError(f"predict: {exc}") from None
-    model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
+    try:
+        model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
+    except MlflowException as exc:  # no such model, version or alias; or the server is away (75)
+        error = tracking_error(mlflow.get_tracking_uri(), exc)
+        raise type(error)(f"cannot load {uri}: {error}") from None
     if device is not None and model.model_config.get("device") != device:
         # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
         raise PipelineError(
