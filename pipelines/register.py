@@ -31,11 +31,14 @@ def main(
         for arch in settings.train.architectures:  # all readable first: a broken one registers none
             check_registrable(arch, models / arch, prepared)
         decisions = []
+        # The tracking store and code tags come from the working directory, as in train and
+        # evaluate (DVC runs every stage from the project root), not from where --params lives.
+        root = Path(".")
         for arch in settings.train.architectures:
-            decision = register(settings, arch, models / arch, prepared, project_root=params.parent)
+            decision = register(settings, arch, models / arch, prepared, project_root=root)
             console.print(f"register@{arch}: version {decision.version}: {decision.reason}", highlight=False)
             decisions.append(decision)
-        write_report(decisions, champion_version(settings, params.parent), out)
+        write_report(decisions, champion_version(settings, root), out)
 
     run_stage("register", body)
 
