@@ -17,7 +17,7 @@ from typing import Annotated, Any, cast
 import typer
 
 from components.config import Params, load_params
-from flows.pipeline import FLOW_NAME, training_pipeline
+from flows.pipeline import FLOW_NAME, patient_ephemeral_server, training_pipeline
 
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
@@ -55,14 +55,15 @@ def serve(
 ) -> None:
     """Serve the deployment from this process: scheduled runs execute here, one at a time."""
     root, settings = _setup(project_root, params_file)
-    training_pipeline.serve(
-        name=settings.schedule.deployment_name,
-        schedules=_schedules(settings, interval),
-        parameters={"project_root": str(root), "params_file": params_file},
-        tags=[settings.data.source],
-        description=f"{FLOW_NAME} on {root}",
-        limit=1,
-    )
+    with patient_ephemeral_server():  # without PREFECT_API_URL: a server in this process, for trials
+        training_pipeline.serve(
+            name=settings.schedule.deployment_name,
+            schedules=_schedules(settings, interval),
+            parameters={"project_root": str(root), "params_file": params_file},
+            tags=[settings.data.source],
+            description=f"{FLOW_NAME} on {root}",
+            limit=1,
+        )
 
 
 @app.command("work-pool")
