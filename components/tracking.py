@@ -38,6 +38,7 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
+RESUMED_FROM_PARENT_TAG = "pipeline.resumed_from_parent"
 KEY_TAG = "pipeline.key"
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
@@ -229,6 +230,13 @@ class Tracker:
         if resume_run_id and resumed:
             run_id = resume_run_id
             self.client.update_run(run_id, status="RUNNING")
+            earlier = self.client.get_run(run_id).data.tags.get(PARENT_TAG)
+            if parent_id and earlier != parent_id:
+                # Resumed by another pipeline run: the run moves under it (the earlier parent keeps
+                # the status it ended with; the child remembers where it started).
+                self.client.set_tag(run_id, PARENT_TAG, parent_id)
+                if earlier:
+                    self.client.set_tag(run_id, RESUMED_FROM_PARENT_TAG, earlier)
         else:
             all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {})}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id

@@ -109,6 +109,15 @@ def test_a_crashed_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_one(
     # Same MLflow run, reopened and now finished.
     assert resumed.run_id == crashed_runs[0].info.run_id
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    # The other batch path is another pipeline run (another parent): the resumed run moves under it,
+    # which ends FINISHED with it as its child. Before, it stayed under the crashed run's parent.
+    crashed_parent = crashed_runs[0].data.tags["mlflow.parentRunId"]
+    parent = resumed.info["mlflow"]["parent_run_id"]
+    assert parent != crashed_parent
+    tags = client.get_run(resumed.run_id).data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags["pipeline.resumed_from_parent"] == crashed_parent
+    assert client.get_run(parent).info.status == "FINISHED"
     # Same batches in the same order from the same state: the same weights as the uninterrupted run.
     weights_whole = load_file(str(digits_project / f"{out}-whole" / WEIGHTS))
     weights_resumed = load_file(str(digits_project / f"{out}-resumed" / WEIGHTS))
