@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,23 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     with pytest.raises(DataValidationError, match=r"wrong\.npz.*shape \[1, 8, 8\]"):
         predict_file(uri, tmp_path / "wrong.npz", tmp_path / "wrong.csv")
     assert not (tmp_path / "wrong.csv").exists()
+    # Inputs the ingest stage refuses are refused here too, naming the file: before, a damaged or
+    # empty .npz was a traceback, and a 16-bit PNG was clipped to 8 bits without a word.
+    (tmp_path / "damaged.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "objects.npz", x=np.array([None, 1], dtype=object))
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8), np.uint8))
+    sixteen = tmp_path / "sixteen"
+    sixteen.mkdir()
+    Image.fromarray(images[0].astype(np.uint16) * 257).save(sixteen / "000.png")  # mode I;16
+    for source, rule in [
+        (tmp_path / "damaged.npz", r"damaged\.npz: not a readable \.npz archive"),
+        (tmp_path / "objects.npz", r"objects\.npz: arrays must be numeric"),
+        (tmp_path / "empty.npz", r"empty\.npz: holds no images"),
+        (sixteen, r"000\.png: only 8-bit grey-scale or colour images"),
+    ]:
+        with pytest.raises(DataValidationError, match=rule):
+            predict_file(uri, source, tmp_path / "refused.csv")
+    assert not (tmp_path / "refused.csv").exists()
 
     # A device this machine cannot run on is refused before anything loads or is written.
     bad_device = CliRunner().invoke(
@@ -365,3 +383,68 @@ def test_registry_lease_keeps_out_a_second_holder_and_breaks_an_expired_one(trac
     with registry_lease(client, "leased", wait_s=5) as holder:
         assert client.get_registered_model(lock_name("leased")).tags[HOLDER_TAG] == holder != "gone:1:x"
     assert not client.search_registered_models(f"name = '{lock_name('leased')}'")
+
+
+def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the_training_commit(
+    digits_project: Path, params: Params, models: dict[int, Path], tmp_path: Path
+) -> None:
+    """Before, a champion whose files could not be read for a moment was replaced unjudged (a
+    10%-accuracy model took the alias), and a version carried the commit checked out when it was
+    registered rather than the one that trained it."""
+    from urllib.parse import urlparse
+
+    from components.registry.register import input_mismatch
+
+    prepared_dir = digits_project / "data/prepared"
+    name = registered_model_name(params)
+    client = MlflowClient()
+    register(params, "mlp", models[8], prepared_dir, project_root=digits_project)
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+
+    # A model the registry has not seen (models[1]'s weights, nudged), trained at the fixture's
+    # commit; then the checkout moves on.
+    nudged = tmp_path / "mlp-nudged"
+    shutil.copytree(models[1], nudged)
+    state = load_file(str(nudged / "weights.safetensors"))
+    first = sorted(state)[0]
+    state[first] = state[first] + 1e-3
+    save_file(state, str(nudged / "weights.safetensors"))
+    trained_at = json.loads((nudged / "train_info.json").read_text())["git_commit"]
+    git = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    git |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    subprocess.run(
+        ["git", "commit", "-q", "--allow-empty", "-m", "later"],
+        cwd=digits_project,
+        env={**os.environ, **git},
+        check=True,
+    )
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=digits_project, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert head != trained_at
+
+    # The champion's files are away while the new version is judged: nothing moves.
+    files = Path(urlparse(client.get_model_version_download_uri(name, champion.version)).path)
+    away = files.with_name(files.name + ".away")
+    files.rename(away)
+    try:
+        with pytest.raises(PipelineError, match=rf"{CHAMPION} v{champion.version} could not be scored"):
+            register(params, "mlp", nudged, prepared_dir, project_root=digits_project)
+    finally:
+        away.rename(files)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == champion.version
+
+    # Back in place: the waiting version is judged like any other, on the same test data.
+    decision = register(params, "mlp", nudged, prepared_dir, project_root=digits_project)
+    assert decision.previous_champion == str(champion.version)
+    assert decision.previous_champion_value is not None
+    assert client.get_model_version(name, decision.version).tags["git.commit"] == trained_at
+
+    # What alone lets a new model take the alias unjudged: a champion that cannot take the data.
+    prepared = load_prepared(prepared_dir)
+    pixels = raw_pixels(prepared.splits["test"], prepared.stats)
+    classes = list(prepared.stats.class_names)
+    uri = f"models:/{name}/{champion.version}"
+    assert input_mismatch(uri, pixels, classes) is None
+    assert "shape [1, 8, 8]" in str(input_mismatch(uri, pixels[:, :, :4, :4], classes))
+    assert "classes" in str(input_mismatch(uri, pixels, classes[::-1]))

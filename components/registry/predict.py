@@ -20,6 +20,8 @@ from mlflow.exceptions import MlflowException
 
 from components.atomic import atomic_write_text
 from components.data.idx import read_idx
+from components.data.sources.image_folder import decode_image, probe_image
+from components.data.sources.npz import read_npz_arrays
 from components.errors import DataSourceError, DataValidationError, PipelineError
 from components.models import inference_device
 from components.tracking import tracking_error
@@ -65,35 +67,38 @@ def read_inputs(path: Path | str, channels: int) -> Inputs:
     if not path.is_file():
         raise DataSourceError(f"{path}: no such file or folder")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            key = "x" if "x" in keys else keys[0] if len(keys) == 1 else None
-            if key is None:
-                raise DataValidationError(path, "an .npz to predict on holds an array x (or a single array)")
-            x = _nchw(archive[key], path)
-        return Inputs(x.astype(np.float32), [f"{path.name}[{i}]" for i in range(len(x))])
+        arrays = read_npz_arrays(path)
+        key = "x" if "x" in arrays else next(iter(arrays)) if len(arrays) == 1 else None
+        if key is None:
+            raise DataValidationError(path, "an .npz to predict on holds an array x (or a single array)")
+        x = _nchw(arrays[key], path)
+        return _inputs(x, path)
     if any(marker in path.name for marker in IDX_MARKERS):
-        x = _nchw(read_idx(path, expected_ndim=3), path)
-        return Inputs(x.astype(np.float32), [f"{path.name}[{i}]" for i in range(len(x))])
+        return _inputs(_nchw(read_idx(path, expected_ndim=3), path), path)
     raise DataSourceError(
         f"{path}: expected a folder of images, an IDX file (*-ubyte, *.idx[.gz]) or an .npz"
     )
 
 
-def _read_image_folder(folder: Path, channels: int) -> Inputs:
-    from PIL import Image, UnidentifiedImageError
+def _inputs(x: np.ndarray, file: Path) -> Inputs:
+    """``x`` (N, C, H, W) as float32 with ``file[i]`` row names; no images is refused."""
+    if len(x) == 0:
+        raise DataValidationError(file, "holds no images to predict on")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataValidationError(file, "pixels must be numbers", f"got dtype {x.dtype}")
+    return Inputs(x.astype(np.float32), [f"{file.name}[{i}]" for i in range(len(x))])
 
+
+def _read_image_folder(folder: Path, channels: int) -> Inputs:
+    """Every image below ``folder``, checked and converted as the imagefolder source does it (only
+    8-bit images: converting a 16-bit one to 8 bits would clip it without a word)."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataSourceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images = []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataValidationError(file, "file cannot be decoded as an image", str(exc)) from None
-        images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))  # (C, H, W)
+        probe_image(file)
+        images.append(decode_image(file, "L" if channels == 1 else "RGB"))  # (C, H, W)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise DataValidationError(folder, "all images must have the same size", f"found {sorted(shapes)}")

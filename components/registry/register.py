@@ -44,6 +44,7 @@ from components.atomic import atomic_write_json
 from components.config import Architecture, Params
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
+from components.errors import PipelineError, is_transient
 from components.evaluation.metrics import classification_metrics
 from components.hashing import sha256_file
 from components.registry.lease import registry_lease
@@ -100,6 +101,39 @@ def score(
     predicted = model.predict(pixels)["class_id"].to_numpy()
     summary, _ = classification_metrics(labels, predicted, class_names)
     return float(summary[metric.removeprefix("test_")])
+
+
+class RegistrationError(PipelineError):
+    """A model version could not be judged against the champion; nothing about the alias changed."""
+
+
+def input_mismatch(model_uri: str, pixels: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """Why the registered model at ``model_uri`` cannot be judged on ``pixels`` with these classes
+    (another image shape, other classes), read from its signature; ``None`` when it can."""
+    logged = mlflow.models.get_model_info(model_uri).signature
+    if logged is None or logged.inputs is None or logged.outputs is None:
+        return "it was logged without a signature"
+    shape = list(logged.inputs.inputs[0].shape[1:])
+    if shape != list(pixels.shape[1:]):
+        return f"it takes images of shape {shape}, this data has {list(pixels.shape[1:])}"
+    names = [str(col.name) for col in logged.outputs.inputs]
+    classes = [column.removeprefix("prob_") for column in names if column.startswith("prob_")]
+    if classes != list(class_names):
+        return f"it predicts classes {classes}, this data has {list(class_names)}"
+    return None
+
+
+def training_code_tags(info: Mapping[str, Any], project_root: Path | str) -> dict[str, str]:
+    """The code that trained a model (``train_info.json``), not the checkout that registers it:
+    a model trained at one commit and registered after the next is tagged with the first."""
+    commit = info.get("git_commit")
+    if not commit:  # written before train_info recorded it: the best there is
+        return code_tags(project_root)
+    return {
+        "git.commit": str(commit),
+        "mlflow.source.git.commit": str(commit),
+        "git.dirty": str(info.get("git_dirty", "unknown")),
+    }
 
 
 def signature(image_shape: Sequence[int], class_names: Sequence[str]) -> ModelSignature:
@@ -195,7 +229,7 @@ def _register_under_lease(
             "data.source": params.data.source,
             "data.version": version,
             WEIGHTS_TAG: weights_sha,
-            **code_tags(project_root),
+            **training_code_tags(candidate.trained.info, project_root),
             **(tags or {}),
         }
         existing = _log_and_register(tracker, candidate.trained, name, pixels, version_tags)
@@ -207,11 +241,28 @@ def _register_under_lease(
     if champion is None:
         promoted, reason = True, f"no {CHAMPION} yet"
     else:
+        champion_uri = f"models:/{name}/{champion.version}"
         try:
-            champion_value = score(f"models:/{name}/{champion.version}", pixels, labels, metric, class_names)
+            champion_value = score(champion_uri, pixels, labels, metric, class_names)
         except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
+            if isinstance(exc, MlflowException) and is_transient(exc):
+                raise  # the server did not answer: retried, and the alias stays where it is
+            # Only a champion that cannot take this data at all (another image shape, other
+            # classes) is replaced unjudged; one that failed to load or predict keeps the alias.
+            try:
+                mismatch = input_mismatch(champion_uri, pixels, class_names)
+            except MlflowException as unreadable:
+                if is_transient(unreadable):
+                    raise
+                mismatch = None
+            if mismatch is None:
+                raise RegistrationError(
+                    f"{name}: {CHAMPION} v{champion.version} could not be scored on this test data "
+                    f"({exc}); {CHAMPION} stays on v{champion.version} and v{new} waits as "
+                    f"{CHALLENGER}: re-run the register stage once v{champion.version} loads"
+                ) from exc
             promoted = True
-            reason = f"{CHAMPION} v{champion.version} could not be scored on this test data ({exc})"
+            reason = f"{CHAMPION} v{champion.version} cannot be compared on this data: {mismatch}"
         else:
             promoted = value > champion_value
             comparison = "beats" if promoted else "does not beat"

@@ -278,6 +278,7 @@ def train(
             "data_version": version,
             "fingerprint": key,
             "git_commit": code["git.commit"],
+            "git_dirty": code["git.dirty"],
             "weights_sha256": weights_digest(weights),
             "replica_weights_sha256": replicas.digests,
             "mlflow": {

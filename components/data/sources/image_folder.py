@@ -52,7 +52,7 @@ def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return list(dataset.classes), list(dataset.samples)
 
 
-def _probe(path: Path) -> tuple[str, tuple[int, int]]:
+def probe_image(path: Path) -> tuple[str, tuple[int, int]]:
     """Mode and (width, height) of an image, decoding it fully so corrupt files are caught."""
     from PIL import Image, UnidentifiedImageError
 
@@ -71,7 +71,8 @@ def _probe(path: Path) -> tuple[str, tuple[int, int]]:
     return mode, size
 
 
-def _decode(path: Path, mode: str) -> np.ndarray:
+def decode_image(path: Path, mode: str) -> np.ndarray:
+    """``(C, H, W)`` uint8 pixels of an image :func:`probe_image` accepted, converted to ``mode``."""
     from PIL import Image
 
     with Image.open(path) as image:
@@ -103,7 +104,7 @@ def load_image_folder(params: DataParams, root: Path) -> SourceData:
     for name, (_, samples) in scanned.items():
         probes[name] = []
         for file, class_index in samples:
-            mode, size = _probe(Path(file))
+            mode, size = probe_image(Path(file))
             if reference is None:
                 reference = (Path(file), size)
             elif size != reference[1]:
@@ -120,7 +121,7 @@ def load_image_folder(params: DataParams, root: Path) -> SourceData:
     splits: dict[str, RawSplit] = {}
     inputs: dict[str, Path] = {}
     for name, items in probes.items():
-        images = np.stack([_decode(file, target_mode) for file, _, _ in items])  # (N, C, H, W)
+        images = np.stack([decode_image(file, target_mode) for file, _, _ in items])  # (N, C, H, W)
         labels = np.asarray([class_index for _, class_index, _ in items], dtype=np.int64)
         splits[name] = RawSplit(images=images, labels=labels, image_file=trees[name], label_file=trees[name])
         inputs.update({file.relative_to(folder).as_posix(): file for file, _, _ in items})

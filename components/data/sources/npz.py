@@ -48,18 +48,26 @@ def _to_nchw(x: np.ndarray, file: Path, key: str) -> np.ndarray:
     )
 
 
-def load_npz(params: DataParams, root: Path) -> SourceData:
-    """Read the archive without pickle; ``x_test``/``y_test`` become the test split."""
-    file = _find_npz(source_path(params, root))
+def read_npz_arrays(file: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, read without pickle; a damaged archive or an object array is a
+    :class:`DataValidationError` naming the file."""
+    if not zipfile.is_zipfile(file):  # numpy would read it as a pickle and blame object arrays
+        raise DataValidationError(file, "not a readable .npz archive", "not a zip file")
     try:
         with np.load(file, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+            return {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataValidationError(file, "not a readable .npz archive", str(exc)) from None
     except ValueError as exc:
         raise DataValidationError(
             file, "arrays must be numeric (object arrays need pickle, which is refused)", str(exc)
         ) from None
+
+
+def load_npz(params: DataParams, root: Path) -> SourceData:
+    """Read the archive without pickle; ``x_test``/``y_test`` become the test split."""
+    file = _find_npz(source_path(params, root))
+    arrays = read_npz_arrays(file)
     unknown = sorted(set(arrays) - ALLOWED_KEYS)
     if unknown:
         raise DataValidationError(file, f"unexpected arrays {unknown} (allowed: x, y, x_test, y_test)")
