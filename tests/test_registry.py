@@ -406,8 +406,8 @@ def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the
     nudged = tmp_path / "mlp-nudged"
     shutil.copytree(models[1], nudged)
     state = load_file(str(nudged / "weights.safetensors"))
-    first = sorted(state)[0]
-    state[first] = state[first] + 1e-3
+    last = sorted(state)[-1]  # not the tensor other tests nudge: weights no test has registered
+    state[last] = state[last] - 7e-4
     save_file(state, str(nudged / "weights.safetensors"))
     trained_at = json.loads((nudged / "train_info.json").read_text())["git_commit"]
     git = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
@@ -423,6 +423,7 @@ def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the
     ).stdout.strip()
     assert head != trained_at
 
+    before = _versions(name)
     # The champion's files are away while the new version is judged: nothing moves.
     files = Path(urlparse(client.get_model_version_download_uri(name, champion.version)).path)
     away = files.with_name(files.name + ".away")
@@ -436,6 +437,7 @@ def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the
 
     # Back in place: the waiting version is judged like any other, on the same test data.
     decision = register(params, "mlp", nudged, prepared_dir, project_root=digits_project)
+    assert decision.version not in before  # registered by this test, judged only now
     assert decision.previous_champion == str(champion.version)
     assert decision.previous_champion_value is not None
     assert client.get_model_version(name, decision.version).tags["git.commit"] == trained_at
