@@ -429,7 +429,9 @@ def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the
     away = files.with_name(files.name + ".away")
     files.rename(away)
     try:
-        with pytest.raises(PipelineError, match=rf"{CHAMPION} v{champion.version} could not be scored"):
+        with pytest.raises(
+            PipelineError, match=rf"{name}/{champion.version} \({CHAMPION}\) could not be scored"
+        ):
             register(params, "mlp", nudged, prepared_dir, project_root=digits_project)
     finally:
         away.rename(files)

@@ -123,6 +123,30 @@ def input_mismatch(model_uri: str, pixels: np.ndarray, class_names: Sequence[str
     return None
 
 
+def _incomparable_or_raise(
+    error: Exception, champion_uri: str, pixels: np.ndarray, class_names: Sequence[str], new_version: str
+) -> str:
+    """Why the champion at ``champion_uri``, which failed to score with ``error``, cannot be judged
+    on this data at all (so the new version may take the alias unjudged). Raises instead when it
+    could have been judged: the server did not answer (retried), or it failed to load or predict
+    (:class:`RegistrationError`; the alias stays and a re-run judges ``new_version``)."""
+    if isinstance(error, MlflowException) and is_transient(error):
+        raise error
+    try:
+        mismatch = input_mismatch(champion_uri, pixels, class_names)
+    except MlflowException as unreadable:
+        if is_transient(unreadable):
+            raise
+        mismatch = None
+    if mismatch is None:
+        raise RegistrationError(
+            f"{champion_uri} ({CHAMPION}) could not be scored on this test data ({error}); {CHAMPION} "
+            f"stays where it is and v{new_version} waits as {CHALLENGER}: re-run the register stage "
+            "once the champion loads"
+        ) from error
+    return mismatch
+
+
 def training_code_tags(info: Mapping[str, Any], project_root: Path | str) -> dict[str, str]:
     """The code that trained a model (``train_info.json``), not the checkout that registers it:
     a model trained at one commit and registered after the next is tagged with the first."""
@@ -245,22 +269,7 @@ def _register_under_lease(
         try:
             champion_value = score(champion_uri, pixels, labels, metric, class_names)
         except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
-            if isinstance(exc, MlflowException) and is_transient(exc):
-                raise  # the server did not answer: retried, and the alias stays where it is
-            # Only a champion that cannot take this data at all (another image shape, other
-            # classes) is replaced unjudged; one that failed to load or predict keeps the alias.
-            try:
-                mismatch = input_mismatch(champion_uri, pixels, class_names)
-            except MlflowException as unreadable:
-                if is_transient(unreadable):
-                    raise
-                mismatch = None
-            if mismatch is None:
-                raise RegistrationError(
-                    f"{name}: {CHAMPION} v{champion.version} could not be scored on this test data "
-                    f"({exc}); {CHAMPION} stays on v{champion.version} and v{new} waits as "
-                    f"{CHALLENGER}: re-run the register stage once v{champion.version} loads"
-                ) from exc
+            mismatch = _incomparable_or_raise(exc, champion_uri, pixels, class_names, new_version=new)
             promoted = True
             reason = f"{CHAMPION} v{champion.version} cannot be compared on this data: {mismatch}"
         else:
