@@ -17,6 +17,8 @@ record: a stage DVC reports up to date is skipped, and each stage that ran is co
   Registrations run one at a time in ``train.architectures`` order (version numbers and the
   champion among equals do not depend on which training finished first).
 - Retries only for transient failures (a tracking server that did not answer), never bad input.
+- One architecture failing does not stop the others: every branch runs to its end, then the flow
+  fails with the first failed stage's own error (``flow failed: <message>``, exit 2 or 75).
 - The flow owns the MLflow parent run; every run and model version carries the Prefect flow-run id,
   the git commit and the data version.
 
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from prefect import allow_failure, flow, get_run_logger, task
 from prefect.client.schemas.objects import TaskRun
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -208,6 +210,20 @@ def report_task(run: PipelineRun, decisions: list[Decision]) -> dict[str, Any]:
     return report
 
 
+def raise_first_failure(futures: dict[str, PrefectFuture[Any]]) -> None:
+    """Re-raise the error of the first failed task among finished ``futures`` (by name, in order):
+    a stage's own :class:`PipelineError` keeps its message and exit code; later failures are logged.
+
+    Tasks that never ran because an upstream failed (Prefect's NotReady) are not failures of their
+    own: the upstream's error is the one that says what to fix.
+    """
+    failed = [(name, future) for name, future in futures.items() if future.state.is_failed()]
+    for name, future in failed[1:]:
+        get_run_logger().error("%s also failed: %s", name, future.state.result(raise_on_failure=False))
+    if failed:
+        failed[0][1].result()
+
+
 def effective_params(
     params_file: Path,
     architectures: list[str] | None,
@@ -266,25 +282,35 @@ def training_pipeline(
     parent = open_parent_task(run)
     run = replace(run, parent_run_id=parent)
 
-    branches: dict[str, PrefectFuture[bool]] = {}
+    stage_runs: dict[str, PrefectFuture[bool]] = {}  # train@/evaluate@<arch>: did the stage run
     registrations: list[PrefectFuture[Decision]] = []
+    every_task: dict[str, PrefectFuture[Any]] = {}  # by name, architecture by architecture
     for arch in settings.train.architectures:
         trained = train_task.submit(run, arch)
         evaluated = evaluate_task.submit(run, arch, return_state=False, wait_for=[trained])
         previous = [allow_failure(registrations[-1])] if registrations else []
-        registrations.append(
-            register_task.submit(run, arch, return_state=False, wait_for=[evaluated, *previous])
-        )
-        branches[f"train@{arch}"], branches[f"evaluate@{arch}"] = trained, evaluated
+        registered = register_task.submit(run, arch, return_state=False, wait_for=[evaluated, *previous])
+        stage_runs |= {f"train@{arch}": trained, f"evaluate@{arch}": evaluated}
+        registrations.append(registered)
+        every_task |= {
+            f"train@{arch}": trained,
+            f"evaluate@{arch}": evaluated,
+            f"register@{arch}": registered,
+        }
 
     tracker = Tracker.open(experiment_name(settings), root)
     try:
+        # Every branch runs to its end before any result is read: reading a branch whose upstream
+        # failed (state NotReady) would raise Prefect's UnfinishedRun and cancel the branches
+        # still running, so one architecture's bad settings would stop the others mid-training.
+        wait(list(every_task.values()))
+        raise_first_failure(every_task)
         decisions = [future.result() for future in registrations]
         report = report_task(run, decisions)
     except BaseException:
         tracker.end_parent(parent, succeeded=False)
         raise
-    stages = {**data_stages, **{name: future.result() for name, future in branches.items()}}
+    stages = {**data_stages, **{name: future.result() for name, future in stage_runs.items()}}
     skipped = sorted(name for name, did in stages.items() if not did)
     tracker.end_parent(parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none"})
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}

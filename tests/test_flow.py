@@ -208,3 +208,45 @@ def test_dvc_push_to_the_default_remote_and_pull_back_into_an_empty_cache(
     dvc(project, "pull")
     assert (project / "models/mlp/weights.safetensors").read_bytes() == weights
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
+def test_a_failing_architecture_fails_the_flow_with_its_own_error_after_the_others_finish(
+    project: Path, first_run: tuple[str, dict[str, Any]]
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from components.errors import ParamsError
+    from flows.pipeline import training_pipeline
+
+    versions = len(_versions(project))
+    too_deep = {"models.cnn.channels": [8, 16, 32, 64]}  # four 2x2 poolings of an 8x8 image
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        state = training_pipeline(project_root=str(project), overrides=too_deep, return_state=True)
+
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ParamsError), error  # the stage's own error (exit 2), not UnfinishedRun
+    assert "8x8 image is too small" in str(error)
+    with get_client(sync_client=True) as prefect:
+        task_runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[str(state.state_details.flow_run_id)]))
+        )
+    states = {t.name: (t.state_type.value, t.state_name) for t in task_runs if "[" in t.name}
+    assert states == {
+        "train[mlp]": ("COMPLETED", "Completed"),
+        "evaluate[mlp]": ("COMPLETED", "Completed"),
+        "register[mlp]": ("COMPLETED", "Completed"),  # its registration ran to the end
+        "train[cnn]": ("FAILED", "Failed"),
+        "evaluate[cnn]": ("PENDING", "NotReady"),
+        "register[cnn]": ("PENDING", "NotReady"),
+    }
+    assert len(_versions(project)) == versions  # mlp's weights are unchanged: nothing new to register
+    client = _client(project)
+    runs = client.search_runs(
+        [experiment.experiment_id for experiment in client.search_experiments()],
+        filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
+    )
+    assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["FAILED"]
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}  # nothing was recorded
