@@ -13,6 +13,7 @@ which is what ``dvc exp run -S train.max_epochs=3`` does to the file.
 
 from __future__ import annotations
 
+import re
 import typing
 import warnings
 from collections.abc import Mapping
@@ -295,7 +296,16 @@ with warnings.catch_warnings():
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)
+    and reads floats as YAML 1.2 does, like DVC: PyYAML (YAML 1.1) reads ``1e-3``, with no dot,
+    as the string ``"1e-3"``, which the strict schema then refuses as "not a valid number"."""
+
+
+# YAML 1.2 core-schema floats not already floats in YAML 1.1: an exponent without a dot (1e-3, 5E+2).
+_YAML_1_2_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _YAML_1_2_EXPONENT_FLOAT, list("-+0123456789")
+)
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -313,6 +323,11 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
+def parse_yaml(text: str) -> Any:
+    """``text`` as params.yaml is read (safe, no key twice, YAML 1.2 floats): e.g. a ``--set`` value."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -321,7 +336,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ParamsError(f"{path}: cannot be read ({exc})") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: YAML syntax error: {exc}") from None
     if raw is None:
@@ -407,9 +422,10 @@ def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] |
     """Read, override and validate ``params.yaml``. Raises :class:`ParamsError`, never writes."""
     path = Path(path)
     raw = _read_yaml(path)
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    return validate_params(raw, source=str(path))
+    if not overrides:
+        return validate_params(raw, source=str(path))
+    source = f"{path} (overridden: {', '.join(overrides)})"
+    return validate_params(apply_overrides(raw, overrides), source=source)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

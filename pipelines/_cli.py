@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from components.config import ALL_ARCHITECTURES, Architecture
+from components.config import ALL_ARCHITECTURES, Architecture, parse_yaml
 from components.errors import (
     EXIT_BAD_INPUT,
     EXIT_TRANSIENT,
@@ -90,7 +90,7 @@ def key_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ParamsError(f"--set {pair!r}: expected KEY=VALUE (a YAML value; KEY=null for null)")
         try:
-            overrides[key.strip()] = yaml.safe_load(value)
+            overrides[key.strip()] = parse_yaml(value)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ParamsError(f"--set {pair!r}: the value is not valid YAML ({problem})") from None

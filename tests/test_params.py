@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +252,25 @@ def test_set_options_are_key_equals_yaml_value_and_a_bare_key_is_refused() -> No
     ]:
         with pytest.raises(ParamsError, match=rf"--set '{re.escape(bad)}': {rule}"):
             key_overrides([bad])
+
+
+def test_exponent_floats_read_as_numbers_in_params_and_set_and_a_bad_override_is_named(
+    tmp_path: Path,
+) -> None:
+    """PyYAML reads ``1e-3`` (no dot) as a string; DVC and YAML 1.2 read a float, and so do we."""
+    from pipelines._cli import key_overrides
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("train:\n  learning_rate: 5e-4\n  weight_decay: 1E-5\n")
+    params = load_params(params_file)
+    assert (params.train.learning_rate, params.train.weight_decay) == (5e-4, 1e-5)
+
+    overridden = load_params(params_file, key_overrides(["train.learning_rate=2e-3"]))
+    assert overridden.train.learning_rate == 2e-3
+    assert key_overrides(["data.name='1e3'", "train.seed=1_0", "register.model_name=x1e3"]) == {
+        "data.name": "1e3",  # quoted: still a string
+        "train.seed": 10,
+        "register.model_name": "x1e3",
+    }
+    with pytest.raises(ParamsError, match=r"params.yaml \(overridden: train.learning_rate\): invalid"):
+        load_params(params_file, key_overrides(["train.learning_rate=fast"]))
