@@ -33,6 +33,7 @@ from components.atomic import dumps_json
 from components.config import Params
 from components.errors import PipelineError, TransientError, is_transient
 from components.hashing import sha256_bytes
+from components.torch_turns import StopRequested
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -206,10 +207,13 @@ class Tracker:
         except MlflowException as exc:
             raise tracking_error(self.uri, exc) from exc
 
-    def end_parent(self, run_id: str, succeeded: bool, tags: Mapping[str, str] | None = None) -> None:
+    def end_parent(
+        self, run_id: str, succeeded: bool, tags: Mapping[str, str] | None = None, interrupted: bool = False
+    ) -> None:
+        """End a parent run FINISHED, FAILED, or KILLED when ``interrupted`` (as its children end then)."""
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
+        self.client.set_terminated(run_id, "KILLED" if interrupted else "FINISHED" if succeeded else "FAILED")
 
     def run_exists(self, run_id: str) -> bool:
         try:
@@ -225,7 +229,8 @@ class Tracker:
         tags: Mapping[str, str],
         resume_run_id: str | None = None,
     ) -> Iterator[TrackedRun]:
-        """A run under ``parent_id`` (new, or ``resume_run_id`` reopened) that ends FINISHED or FAILED."""
+        """A run under ``parent_id`` (new, or ``resume_run_id`` reopened) that ends FINISHED, KILLED
+        or FAILED (see :meth:`reopened`)."""
         resumed = bool(resume_run_id and self.run_exists(resume_run_id))
         if resume_run_id and resumed:
             run_id = resume_run_id
@@ -246,12 +251,16 @@ class Tracker:
 
     @contextlib.contextmanager
     def reopened(self, run_id: str, parent_id: str | None = None) -> Iterator[TrackedRun]:
-        """Log more to an existing run; it ends FINISHED, or FAILED if the body raises."""
+        """Log more to an existing run; it ends FINISHED, KILLED if the body was interrupted (Ctrl-C,
+        a stopped flow), or FAILED if it raised anything else."""
         run = TrackedRun(self.client, run_id)
         status = RunStatus.to_string(RunStatus.FAILED)
         try:
             yield run
             status = RunStatus.to_string(RunStatus.FINISHED)
+        except (KeyboardInterrupt, StopRequested):
+            status = RunStatus.to_string(RunStatus.KILLED)
+            raise
         finally:
             with contextlib.suppress(MlflowException):
                 run.flush()
@@ -260,15 +269,17 @@ class Tracker:
                 self._settle_parent(parent_id)
 
     def _settle_parent(self, parent_id: str) -> None:
-        """Parent status from its children: RUNNING while any runs, FAILED if any failed."""
+        """Parent status from its children: RUNNING while any runs, else FAILED if any failed, else
+        KILLED if any was interrupted, else FINISHED."""
         children = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=1000
         )
         statuses = {child.info.status for child in children}
         if "RUNNING" in statuses:
             self.client.update_run(parent_id, status="RUNNING")
-        else:
-            self.client.set_terminated(parent_id, "FAILED" if "FAILED" in statuses else "FINISHED")
+            return
+        ended = next((status for status in ("FAILED", "KILLED") if status in statuses), "FINISHED")
+        self.client.set_terminated(parent_id, ended)
 
 
 @dataclass

@@ -19,6 +19,8 @@ record: a stage DVC reports up to date is skipped, and each stage that ran is co
 - Retries only for transient failures (a tracking server that did not answer), never bad input.
 - One architecture failing does not stop the others: every branch runs to its end, then the flow
   fails with the first failed stage's own error (``flow failed: <message>``, exit 2 or 75).
+- Interrupting the flow (Ctrl-C) stops every branch: a training stops at its next batch (a
+  ``torchrun`` launch is stopped), nothing later starts, and nothing more is written or recorded.
 - The flow owns the MLflow parent run; every run and model version carries the Prefect flow-run id,
   the git commit and the data version.
 
@@ -50,7 +52,13 @@ from components.data.prepared import data_version
 from components.data.preprocess import preprocess
 from components.dvc_sync import DvcStages, run_unless_up_to_date
 from components.errors import ParamsError, is_transient
-from components.torch_turns import one_at_a_time, one_launch_at_a_time
+from components.torch_turns import (
+    clear_stop,
+    one_at_a_time,
+    one_launch_at_a_time,
+    request_stop,
+    stop_requested,
+)
 
 # torch, Lightning and MLflow (train, evaluate, register, tracking) are imported by the tasks that
 # use them: importing this module is what `flows.deploy`, a deployment's registration and `--help`
@@ -140,6 +148,7 @@ def open_parent_task(run: PipelineRun) -> str:
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
     """``train@<arch>``: in this process on one device, the stage command under ``torchrun`` on several."""
     from components.tracking import PARENT_ENV
+    from components.training.callbacks import StopWhen
     from components.training.launch import launch_training, needs_launcher
     from components.training.train import train
 
@@ -150,12 +159,14 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
         one_launch_at_a_time(
             launch_training, run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags,
             env=env, on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
+            should_stop=stop_requested,
         )  # fmt: skip
 
     def in_process() -> None:
         one_at_a_time(
             train, run.params, arch, run.path(PREPARED), run.path(out), work_root=run.path(WORK),
             project_root=run.root, tags=run.tags, parent_run_id=run.parent_run_id, progress_bar=False,
+            callbacks=[StopWhen(stop_requested, arch)],
         )  # fmt: skip
 
     body = launched if needs_launcher(run.params.train) else in_process
@@ -278,6 +289,7 @@ def training_pipeline(
         tags={"prefect.flow_run_id": run_id, "prefect.flow_run_name": str(flow_run.name or "local")},
     )
 
+    clear_stop()  # a run interrupted earlier in this process stopped its jobs; these may run
     data_stages = {"ingest": ingest_task(run), "preprocess": preprocess_task(run)}
     parent = open_parent_task(run)
     run = replace(run, parent_run_id=parent)
@@ -307,8 +319,11 @@ def training_pipeline(
         raise_first_failure(every_task)
         decisions = [future.result() for future in registrations]
         report = report_task(run, decisions)
-    except BaseException:
-        tracker.end_parent(parent, succeeded=False)
+    except BaseException as exc:
+        # Ctrl-C (or Prefect cancelling the run) lands here, in the main thread, while the
+        # branches' worker threads would train and record on: they stop at their next batch.
+        request_stop()
+        tracker.end_parent(parent, succeeded=False, interrupted=not isinstance(exc, Exception))
         raise
     stages = {**data_stages, **{name: future.result() for name, future in stage_runs.items()}}
     skipped = sorted(name for name, did in stages.items() if not did)

@@ -250,3 +250,64 @@ def test_a_failing_architecture_fails_the_flow_with_its_own_error_after_the_othe
     )
     assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["FAILED"]
     assert json.loads(dvc(project, "status", "--json").stdout) == {}  # nothing was recorded
+
+
+def test_ctrl_c_stops_the_training_in_its_worker_thread_and_writes_or_records_nothing(
+    project: Path, first_run: tuple[str, dict[str, Any]]
+) -> None:
+    """Ctrl-C reaches the flow's main thread only; before, the training thread trained to the end,
+    wrote models/ and recorded it in dvc.lock after the command had 'stopped'."""
+    import signal
+    import threading
+    import time
+
+    from components.torch_turns import clear_stop
+    from flows.pipeline import training_pipeline
+
+    params_file, lock_file = project / "params.yaml", project / "dvc.lock"
+    original, lock = params_file.read_text(), lock_file.read_bytes()
+    weights = {arch: (project / "models" / arch / "weights.safetensors").read_bytes() for arch in ARCHS}
+    params = yaml.safe_load(original)
+    # Minutes of training, not stopped early: only the interrupt can end it within the test.
+    params["train"] |= {"max_epochs": 1000, "early_stopping_patience": 0}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    client = _client(project)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+
+    def training_runs() -> list[Any]:
+        runs = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
+        return [r for r in runs if "architecture" in r.data.tags]
+
+    def ctrl_c_once_training_runs(main: int) -> None:
+        deadline = time.monotonic() + 120
+        while not training_runs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # a few epochs in
+        signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C does to the main thread
+
+    interrupter = threading.Thread(
+        target=ctrl_c_once_training_runs, args=(threading.main_thread().ident,), daemon=True
+    )
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+            interrupter.start()
+            with pytest.raises(KeyboardInterrupt):
+                training_pipeline(project_root=str(project))
+        deadline = time.monotonic() + 60
+        while training_runs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not training_runs(), "the training went on after the interrupt"
+    finally:
+        params_file.write_text(original)
+        clear_stop()
+
+    latest = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert "architecture" in latest.data.tags
+    assert latest.info.status == "KILLED"
+    assert client.get_run(latest.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+    assert len(client.get_metric_history(latest.info.run_id, "val_loss")) < 100
+    after = {arch: (project / "models" / arch / "weights.safetensors").read_bytes() for arch in ARCHS}
+    assert after == weights
+    assert lock_file.read_bytes() == lock
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}

@@ -178,3 +178,25 @@ def test_every_cli_option_help_survives_rich_markup(module: str) -> None:
     helps = [param.help for cmd in commands for param in cmd.params if getattr(param, "help", None)]
     assert helps, module
     assert not [text for text in helps if "[" in str(text)]
+
+
+def test_after_a_stop_request_no_job_starts_until_the_next_run_clears_it() -> None:
+    from components.torch_turns import (
+        StopRequested,
+        clear_stop,
+        one_at_a_time,
+        one_launch_at_a_time,
+        request_stop,
+    )
+
+    ran: list[int] = []
+    request_stop()
+    try:
+        with pytest.raises(StopRequested, match="append: stopped, the run was interrupted"):
+            one_at_a_time(ran.append, 1)
+        with pytest.raises(StopRequested):
+            one_launch_at_a_time(ran.append, 2)
+    finally:
+        clear_stop()
+    one_at_a_time(ran.append, 3)
+    assert ran == [3]

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 
+from components.torch_turns import StopRequested
 from components.training.artifacts import weights_digest
 
 EPOCH_METRICS = ("train_loss", "train_acc", "train_f1_macro", "val_loss", "val_acc", "val_f1_macro")
@@ -90,3 +91,37 @@ class ReplicaDigests(Callback):
             self.digests = [str(digest) for digest in gathered]
         else:
             self.digests = [mine]
+
+
+class StopWhen(Callback):
+    """Stops training between batches once ``should_stop()`` is true, raising :class:`StopRequested`.
+
+    For training in a worker thread (the flow), which Ctrl-C does not reach. Lightning ends the fit
+    on the exception (its ``on_exception`` hooks run); nothing is written to the model folder, and
+    the last resume checkpoint stays for the next run.
+    """
+
+    def __init__(self, should_stop: Callable[[], bool], label: str) -> None:
+        self.should_stop = should_stop
+        self.label = label
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self.should_stop():
+            raise StopRequested(
+                f"train@{self.label}: stopped at step {trainer.global_step}, the run was interrupted"
+            )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._check(trainer)
