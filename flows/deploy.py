@@ -17,7 +17,12 @@ from typing import Annotated, Any, cast
 import typer
 
 from components.config import Params, load_params
-from flows.pipeline import FLOW_NAME, patient_ephemeral_server, training_pipeline
+from flows.pipeline import (
+    FLOW_NAME,
+    ephemeral_server_apart_from_ctrl_c,
+    patient_ephemeral_server,
+    training_pipeline,
+)
 
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
@@ -55,7 +60,8 @@ def serve(
 ) -> None:
     """Serve the deployment from this process: scheduled runs execute here, one at a time."""
     root, settings = _setup(project_root, params_file)
-    with patient_ephemeral_server():  # without PREFECT_API_URL: a server in this process, for trials
+    # Without PREFECT_API_URL: a server in this process, for trials, that outlives a Ctrl-C.
+    with patient_ephemeral_server(), ephemeral_server_apart_from_ctrl_c():
         training_pipeline.serve(
             name=settings.schedule.deployment_name,
             schedules=_schedules(settings, interval),

@@ -30,7 +30,9 @@ Run it: ``python -m flows.pipeline`` (ephemeral Prefect server unless ``PREFECT_
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -102,6 +104,43 @@ def patient_ephemeral_server() -> Iterator[None]:
         return
     with temporary_settings(updates={timeout: EPHEMERAL_SERVER_STARTUP_TIMEOUT_S}):
         yield
+
+
+@contextmanager
+def ephemeral_server_apart_from_ctrl_c() -> Iterator[None]:
+    """Without ``PREFECT_API_URL``: start Prefect's ephemeral server now, out of Ctrl-C's reach.
+
+    A terminal's Ctrl-C goes to every process of the foreground group, so Prefect's ephemeral
+    server (a child of this process) stopped at once, while the flow was still reporting its
+    interrupted state: the flow printed connection tracebacks and then hung at exit, draining its
+    events to the gone server. Started here from a thread that blocks SIGINT (a child inherits the
+    signal mask of the thread that starts it), the server outlives the Ctrl-C, the run is recorded
+    as crashed, and Prefect stops the server when this process exits (SIGTERM). The flow reuses
+    it: Prefect keeps one ephemeral server per process.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    starter = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
+    starter.start()
+    starter.join()
+    if failed:
+        raise failed[0]
+    yield
 
 
 @dataclass(frozen=True)
@@ -360,7 +399,7 @@ def main(
 
     def body() -> None:
         overrides = key_overrides(set_ or [])
-        with patient_ephemeral_server():
+        with patient_ephemeral_server(), ephemeral_server_apart_from_ctrl_c():
             training_pipeline(
                 project_root=str(project_root),
                 params_file=params_file,

@@ -200,3 +200,35 @@ def test_after_a_stop_request_no_job_starts_until_the_next_run_clears_it() -> No
         clear_stop()
     one_at_a_time(ran.append, 3)
     assert ran == [3]
+
+
+def test_the_cli_ephemeral_server_outlives_a_ctrl_c_to_the_process_group() -> None:
+    """A terminal's Ctrl-C reaches every process of the foreground group. Prefect's ephemeral server
+    stopped at once; the interrupted flow then printed connection tracebacks and hung at exit
+    sending its events. The server the CLI starts blocks SIGINT and still answers after one."""
+    import signal
+    import time
+
+    import httpx
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline import ephemeral_server_apart_from_ctrl_c
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert not PREFECT_API_URL.value()
+        with ephemeral_server_apart_from_ctrl_c():
+            server = SubprocessASGIServer()
+            try:
+                assert server.server_process is not None
+                pid = server.server_process.pid
+                blocked = int(Path(f"/proc/{pid}/status").read_text().split("SigBlk:")[1].split()[0], 16)
+                assert blocked & (1 << (signal.SIGINT - 1))
+                assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT}  # not here
+                os.kill(pid, signal.SIGINT)
+                time.sleep(1)
+                assert server.server_process.poll() is None
+                assert httpx.get(f"{server.api_url}/health", timeout=10).status_code == 200
+            finally:
+                server.stop()
+        assert server.server_process is None
