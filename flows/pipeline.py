@@ -267,7 +267,11 @@ def raise_first_failure(futures: dict[str, PrefectFuture[Any]]) -> None:
     Tasks that never ran because an upstream failed (Prefect's NotReady) are not failures of their
     own: the upstream's error is the one that says what to fix.
     """
-    failed = [(name, future) for name, future in futures.items() if future.state.is_failed()]
+    failed = [
+        (name, future)
+        for name, future in futures.items()
+        if future.state.is_final() and not future.state.is_completed()  # failed, crashed, cancelled
+    ]
     for name, future in failed[1:]:
         get_run_logger().error("%s also failed: %s", name, future.state.result(raise_on_failure=False))
     if failed:
