@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from components.config import load_params
 from components.registry.predict import PREDICT_BATCH_SIZE, model_uri, predict_file
 from components.registry.register import CHAMPION, registered_model_name
+from components.tracking import fluent_tracking, tracking_uri
 from pipelines._cli import console, run_stage
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -27,9 +28,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     source: Annotated[Path, typer.Argument(help="Folder of images, IDX image file, or .npz (array x).")],
     out: Annotated[Path, typer.Option(help="CSV to write (atomically).")] = Path("predictions.csv"),
-    params: Annotated[Path, typer.Option(help="Settings file (gives the registered model's name).")] = Path(
-        "params.yaml"
-    ),
+    params: Annotated[
+        Path, typer.Option(help="Settings file: the registered model's name; its folder, the MLflow store.")
+    ] = Path("params.yaml"),
     model_name: Annotated[str | None, typer.Option(help="Registered model (default: from params).")] = None,
     version: Annotated[str | None, typer.Option(help="Model version (default: the alias).")] = None,
     alias: Annotated[str, typer.Option(help="Alias used when no version is given.")] = CHAMPION,
@@ -48,7 +49,10 @@ def main(
         name = model_name or registered_model_name(load_params(params))
         uri = model_uri(name, version, alias)
         columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
+        # The registry of the project whose params.yaml this is (MLFLOW_TRACKING_URI wins), not an
+        # mlflow.db in whatever folder the command runs from.
+        progress_bar = Progress(*columns, console=console, transient=True)
+        with fluent_tracking(tracking_uri(params.parent)), progress_bar as progress:
             task = progress.add_task("predict", total=None)
 
             def advance(done: int, total: int) -> None:

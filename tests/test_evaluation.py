@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from components.config import validate_params
-from components.errors import DataValidationError
+from components.errors import DataValidationError, ParamsError
 from components.evaluation.evaluate import evaluate
 from components.evaluation.inference import MIN_TIMED_BATCHES, predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
@@ -76,6 +76,7 @@ def test_evaluation_writes_consistent_metrics_report_plot_data_and_picture(
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == pytest.approx(metrics)
     assert metrics["images_per_second"] > 0
     assert metrics["latency_ms_per_batch"] > 0
+    assert metrics["batch_size"] == 270  # the batch actually timed, not evaluate.batch_size (1024)
 
     with (tmp_path / "report" / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -118,6 +119,30 @@ def test_corrupt_weights_name_the_file_and_keep_the_previous_report(
     with pytest.raises(DataValidationError, match=r"model\.json.*mlp config that does not build"):
         _evaluate(digits_project, model, tmp_path / "report")
     assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
+
+
+def test_a_tracking_server_away_fails_the_stage_and_leaves_every_report_file_as_it_was(
+    digits_project: Path, trained_mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reports are written only once MLflow took them: a failed stage changes none of them
+    (before, all four were replaced and then the stage failed, so DVC saw new outputs)."""
+    from components.errors import TransientError
+
+    _evaluate(digits_project, trained_mlp, tmp_path / "report")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(TransientError):
+        _evaluate(digits_project, trained_mlp, tmp_path / "report")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
+
+    not_a_folder = tmp_path / "reports.txt"
+    not_a_folder.write_text("mine")
+    with pytest.raises(ParamsError, match=r"reports\.txt: exists and is not a folder"):
+        _evaluate(digits_project, trained_mlp, not_a_folder)
+    assert not_a_folder.read_text() == "mine"
 
 
 def test_a_small_split_is_timed_over_several_batches_and_predicted_once() -> None:

@@ -302,6 +302,9 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     folder.mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image, mode="L").save(folder / f"{i:03d}.png")
+    (folder / "._000.png").write_bytes(b"macOS resource fork")  # hidden: skipped, as ingest does
+    (folder / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(images[0], mode="L").save(folder / ".ipynb_checkpoints" / "000-checkpoint.png")
     write_idx(tmp_path / "images-idx3-ubyte", images)
     np.savez(tmp_path / "images.npz", x=images)
 
@@ -333,7 +336,12 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     sixteen = tmp_path / "sixteen"
     sixteen.mkdir()
     Image.fromarray(images[0].astype(np.uint16) * 257).save(sixteen / "000.png")  # mode I;16
+    # Pixels that are not finite gave class 0 with empty probabilities, and exit 0.
+    np.savez(tmp_path / "nan.npz", x=np.full((3, 8, 8), np.nan))
+    np.savez(tmp_path / "huge.npz", x=np.full((3, 8, 8), 1e39))  # inf as float32
     for source, rule in [
+        (tmp_path / "nan.npz", r"nan\.npz: pixels must be finite.*192 NaN or infinite"),
+        (tmp_path / "huge.npz", r"huge\.npz: pixels must be finite"),
         (tmp_path / "damaged.npz", r"damaged\.npz: not a readable \.npz archive"),
         (tmp_path / "objects.npz", r"objects\.npz: arrays must be numeric"),
         (tmp_path / "empty.npz", r"empty\.npz: holds no images"),
@@ -360,6 +368,21 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
         assert f"cannot load models:/{name}" in absent.output
         assert "Traceback" not in absent.output
     assert not (tmp_path / "absent.csv").exists()
+    # --out naming a folder is refused before any prediction (was an IsADirectoryError at the end).
+    into_folder = CliRunner().invoke(app, [str(folder), "--out", str(tmp_path), "--model-name", name])
+    assert into_folder.exit_code == 2, into_folder.output
+    assert "is a folder; name the CSV file" in into_folder.output
+    # Run from elsewhere, the store is the one beside --params, not an mlflow.db in the working folder.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI")
+        patch.chdir(elsewhere)
+        args = [str(folder), "--params", str(digits_project / "params.yaml"), "--model-name", name]
+        located = CliRunner().invoke(app, [*args, "--version", "999"])
+    assert located.exit_code == 2, located.output
+    assert str(digits_project / "mlflow.db") in located.output.replace("\n", "")
+    assert list(elsewhere.iterdir()) == []
     # The CPU, named, predicts what the default predicts.
     on_cpu = predict_file(uri, folder, tmp_path / "cpu.csv", device="cpu")
     assert on_cpu["class_id"].tolist() == expected

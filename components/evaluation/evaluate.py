@@ -1,6 +1,8 @@
 """Evaluate one trained architecture on the test split: the function behind ``evaluate@<arch>``.
 
-Writes into ``reports/<arch>/`` (each file atomically, ``metrics.json`` last):
+Replaces ``reports/<arch>/`` as a whole (:func:`~components.atomic.atomic_directory`) once the
+evaluation is logged to MLflow, so a failure at any point (the tracking server away included)
+leaves the previous four files as they were, never a mix of old and new:
 
 - ``metrics.json``               accuracy, macro precision/recall/F1, latency, throughput (DVC metrics)
 - ``classification_report.json`` per-class precision/recall/F1/support and the confusion matrix
@@ -13,15 +15,15 @@ and logs the same to the architecture's MLflow run (the one the train stage reco
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from components.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from components.atomic import atomic_directory, dumps_json
 from components.config import Architecture, Params
 from components.data.prepared import load_prepared, require_split
+from components.errors import ParamsError
 from components.evaluation.inference import predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.evaluation.plots import confusion_png, predictions_csv
@@ -52,6 +54,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` on the test split of ``prepared_dir``; return the summary metrics."""
     prepared_dir, model_dir, out_dir = Path(prepared_dir), Path(model_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParamsError(f"{out_dir}: exists and is not a folder; evaluate writes its reports into one")
     prepared = load_prepared(prepared_dir)
     test = require_split(prepared, "test", prepared_dir)
     device = evaluation_device(params)
@@ -66,21 +70,22 @@ def evaluate(
     metrics: dict[str, Any] = {
         **summary,
         "test_images": len(test.labels),
-        "batch_size": params.evaluate.batch_size,
+        "batch_size": min(params.evaluate.batch_size, len(test.labels)),  # the largest batch timed
         "latency_ms_per_batch": latency["median"],
         "latency_ms_per_batch_p95": latency["p95"],
         "images_per_second": result.images_per_second,
     }
     report.update(device=str(device), data_version=version, model_fingerprint=trained.info.get("fingerprint"))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(test.labels, result.classes, len(class_names))
     png = confusion_png(matrix, class_names, f"{arch}: test accuracy {summary['accuracy']:.4f}")
-    atomic_write_json(out_dir / REPORT, report)
-    atomic_write_bytes(out_dir / CONFUSION_PNG, png)
-    atomic_write_text(out_dir / PREDICTIONS, predictions_csv(test.labels, result.classes, class_names))
-    atomic_write_json(out_dir / METRICS, metrics)
-    _log_to_mlflow(params, arch, trained.info, metrics, out_dir, project_root, version)
+    with atomic_directory(out_dir) as reports:
+        (reports / REPORT).write_text(dumps_json(report), encoding="utf-8")
+        (reports / CONFUSION_PNG).write_bytes(png)
+        csv = predictions_csv(test.labels, result.classes, class_names)
+        (reports / PREDICTIONS).write_text(csv, encoding="utf-8")
+        (reports / METRICS).write_text(dumps_json(metrics), encoding="utf-8")
+        _log_to_mlflow(params, arch, trained.info, metrics, reports, project_root, version)
     return metrics
 
 
@@ -107,8 +112,6 @@ def _log_to_mlflow(
         parent = tracker.parent_run(key, {"data.version": version, **code})
         tags = {"architecture": arch, "data.version": version, **code}
         context = tracker.child_run(parent, f"{arch}-evaluate", tags)
-    with context as run, tempfile.TemporaryDirectory() as tmp:
+    with context as run:
         run.log_metrics(numeric)
-        for name in (METRICS, REPORT, CONFUSION_PNG, PREDICTIONS):
-            (Path(tmp) / name).write_bytes((reports / name).read_bytes())
-        run.log_artifacts(Path(tmp), "evaluation")
+        run.log_artifacts(reports, "evaluation")  # the four files, and nothing else

@@ -22,7 +22,7 @@ from components.atomic import atomic_write_text
 from components.data.idx import read_idx
 from components.data.sources.image_folder import decode_image, probe_image
 from components.data.sources.npz import read_npz_arrays
-from components.errors import DataSourceError, DataValidationError, PipelineError
+from components.errors import DataSourceError, DataValidationError, ParamsError, PipelineError
 from components.models import inference_device
 from components.tracking import tracking_error
 
@@ -86,13 +86,25 @@ def _inputs(x: np.ndarray, file: Path) -> Inputs:
         raise DataValidationError(file, "holds no images to predict on")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise DataValidationError(file, "pixels must be numbers", f"got dtype {x.dtype}")
-    return Inputs(x.astype(np.float32), [f"{file.name}[{i}]" for i in range(len(x))])
+    pixels = x.astype(np.float32)
+    nonfinite = int(np.count_nonzero(~np.isfinite(pixels)))
+    if nonfinite:  # the model would answer class 0 with empty probabilities, and exit 0
+        raise DataValidationError(
+            file, "pixels must be finite", f"{nonfinite} NaN or infinite values (beyond float32's range)"
+        )
+    return Inputs(pixels, [f"{file.name}[{i}]" for i in range(len(x))])
 
 
 def _read_image_folder(folder: Path, channels: int) -> Inputs:
     """Every image below ``folder``, checked and converted as the imagefolder source does it (only
     8-bit images: converting a 16-bit one to 8 bits would clip it without a word)."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)  # ._x.png, .ipynb_*
+    )
     if not files:
         raise DataSourceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images = []
@@ -122,6 +134,8 @@ def predict_file(
     on ``auto``: naming a device for one of them is refused rather than silently ignored.
     ``on_batch(done, total)`` is called after each batch (a progress bar).
     """
+    if Path(out_csv).is_dir():
+        raise ParamsError(f"--out {out_csv}: is a folder; name the CSV file to write")
     if device is not None:
         try:
             inference_device({"device": device})
