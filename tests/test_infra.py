@@ -8,6 +8,7 @@ validated against the Kubernetes schema bundled with ``kubernetes-validate``; Do
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -74,6 +75,19 @@ def test_compose_publishes_on_loopback_only_and_keeps_secrets_out(compose: dict[
     assert _interpolated(COMPOSE.read_text()) <= listed
     ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO, check=False).returncode
     assert ignored == 0, "infra/.env (the real secrets) must be git-ignored"
+
+
+def test_postgres_is_healthy_only_once_it_listens_on_tcp(compose: dict[str, Any]) -> None:
+    """On a fresh volume the image runs initdb.d on a temporary server listening on the Unix socket
+    only: a ``pg_isready`` over the socket passes before the databases exist, and MLflow and the
+    Prefect server started then crash. Over TCP it passes only once the real server is up."""
+    test = compose["services"]["postgres"]["healthcheck"]["test"]
+    command = test[1] if test[0] == "CMD-SHELL" else " ".join(test[1:])
+    checks = [part.split() for part in re.split(r"&&|\|\||;", command) if "pg_isready" in part]
+    assert checks, command
+    for check in checks:
+        host = next((word for flag, word in itertools.pairwise(check) if flag in {"-h", "--host"}), "")
+        assert host == "127.0.0.1", f"the postgres health check must use TCP (-h 127.0.0.1): {command}"
 
 
 def test_compose_config_is_accepted_by_docker_compose() -> None:
