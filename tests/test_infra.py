@@ -154,11 +154,43 @@ def test_prefect_kubernetes_work_pool_template_renders_a_valid_gpu_job() -> None
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == properties["gpus"]["default"] >= 1
     env = {item["name"]: item["value"] for item in container["env"]}
-    assert {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"} <= set(env)
     assert env["DO_NOT_TRACK"] == "1"
     # Every placeholder in the template is a declared variable.
     placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
     assert placeholders <= set(properties)
+
+
+def test_prefect_kubernetes_work_pool_lets_the_worker_and_deployment_set_the_servers() -> None:
+    """prefect-kubernetes puts the flow run's env (the worker's own PREFECT_API_URL, then the
+    ``env`` job variable) *before* the template's container env list, and Kubernetes keeps the last
+    of duplicate names: a URL fixed in that list would win over both, so every run would report to
+    it. The tracking server is a default of the ``env`` variable instead, which a deployment's
+    ``env`` merges over (Prefect's own merge is used here)."""
+    import asyncio
+
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads((INFRA / "prefect" / "k8s-work-pool.json").read_text())
+    (container,) = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    fixed = [item["name"] for item in container["env"]]
+    assert not {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"} & set(fixed), fixed
+    default_uri = template["variables"]["properties"]["env"]["default"]["MLFLOW_TRACKING_URI"]
+    assert default_uri.startswith("http")
+
+    def pod_env(job_variables: dict[str, Any]) -> dict[str, str]:
+        # client: nothing in the template refers to a block or a variable, so none is called.
+        configuration = asyncio.run(
+            BaseJobConfiguration.from_template_and_values(template, job_variables, client=object())
+        )
+        worker = {"PREFECT_API_URL": "http://worker-sees:4200/api"}
+        listed = [{"name": k, "value": v} for k, v in (worker | configuration.env).items()]
+        return {item["name"]: item["value"] for item in [*listed, *container["env"]]}  # last one wins
+
+    env = pod_env({})
+    assert env["PREFECT_API_URL"] == "http://worker-sees:4200/api"
+    assert env["MLFLOW_TRACKING_URI"] == default_uri
+    env = pod_env({"env": {"MLFLOW_TRACKING_URI": "http://team-mlflow:5000", "EXTRA": "1"}})
+    assert (env["MLFLOW_TRACKING_URI"], env["EXTRA"]) == ("http://team-mlflow:5000", "1")
 
 
 def test_dockerfiles_pass_hadolint_and_the_training_image_is_layered_and_non_root() -> None:
