@@ -11,12 +11,14 @@ Trigger a run by hand: ``prefect deployment run 'training-pipeline/scheduled'``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 
 from components.config import Params, load_params
+from components.errors import ParamsError
 from flows.pipeline import (
     FLOW_NAME,
     ephemeral_server_apart_from_ctrl_c,
@@ -43,6 +45,50 @@ def _setup(project_root: Path, params_file: str) -> tuple[Path, Params]:
     set_offline_defaults()
     root = project_root.resolve()
     return root, load_params(root / params_file)
+
+
+def copied_per_run(source: str) -> bool:
+    """Whether workers run each flow run in a fresh copy of ``source`` (a git clone or a download,
+    by Prefect's own reading of the source) that is gone after the run, rather than in that folder."""
+    from prefect.runner.storage import LocalStorage, create_storage_from_source
+
+    return not isinstance(create_storage_from_source(source), LocalStorage)
+
+
+def work_pool_deployment(
+    settings: Params,
+    *,
+    source: str,
+    pool: str,
+    project_root: str,
+    params_file: str,
+    image: str | None,
+    interval: float | None,
+) -> dict[str, Any]:
+    """The arguments of ``deploy`` for a work pool; refuses a source the runs would lose their records with.
+
+    One run at a time, as ``serve`` does: runs of a folder source share that folder (its ``.work``,
+    DVC workspace and SQLite store). Without ``MLFLOW_TRACKING_URI``, a git (or remote) source's
+    runs would keep their MLflow store, models and registry in the worker's temporary copy.
+    """
+    if copied_per_run(source) and not os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        raise ParamsError(
+            f"--source {source}: workers run a temporary copy of it, so without MLFLOW_TRACKING_URI "
+            "each run's MLflow store, models and registry would be deleted with the copy; set "
+            "MLFLOW_TRACKING_URI to the tracking server the pool's workers report to (README: "
+            '"Pointing at real servers"), or give a folder every worker sees as --source'
+        )
+    return {
+        "name": settings.schedule.deployment_name,
+        "work_pool_name": pool,
+        "schedules": _schedules(settings, interval),
+        "parameters": {"project_root": project_root, "params_file": params_file},
+        "tags": [settings.data.source],
+        "image": image,
+        "build": False,
+        "push": False,
+        "concurrency_limit": 1,
+    }
 
 
 ProjectOption = Annotated[Path, typer.Option(help="Project folder the flow runs in.")]
@@ -82,22 +128,27 @@ def work_pool(
     interval: IntervalOption = None,
 ) -> None:
     """Register the deployment for a work pool (``prefect worker start --pool NAME`` runs it)."""
-    _, settings = _setup(Path("."), params_file)
-    from prefect import Flow
+    from pipelines._cli import run_stage
 
-    # Called from sync code, from_source returns the flow itself (its async twin a coroutine).
-    deployable = cast(Flow[..., Any], training_pipeline.from_source(source=source, entrypoint=ENTRYPOINT))
-    deployment_id = deployable.deploy(
-        name=settings.schedule.deployment_name,
-        work_pool_name=pool,
-        schedules=_schedules(settings, interval),
-        parameters={"project_root": project_root, "params_file": params_file},
-        tags=[settings.data.source],
-        image=image,
-        build=False,
-        push=False,
-    )
-    typer.echo(f"deployment {FLOW_NAME}/{settings.schedule.deployment_name}: {deployment_id}")
+    def body() -> None:
+        _, settings = _setup(Path("."), params_file)
+        arguments = work_pool_deployment(
+            settings,
+            source=source,
+            pool=pool,
+            project_root=project_root,
+            params_file=params_file,
+            image=image,
+            interval=interval,
+        )
+        from prefect import Flow
+
+        # Called from sync code, from_source returns the flow itself (its async twin a coroutine).
+        deployable = cast(Flow[..., Any], training_pipeline.from_source(source=source, entrypoint=ENTRYPOINT))
+        deployment_id = deployable.deploy(**arguments)
+        typer.echo(f"deployment {FLOW_NAME}/{settings.schedule.deployment_name}: {deployment_id}")
+
+    run_stage("deploy", body)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,50 @@ def test_loading_the_flow_module_does_not_import_torch_lightning_or_mlflow() -> 
     assert done.stdout.strip() == "[]"
 
 
+def test_a_work_pool_deployment_runs_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``serve`` (limit=1): runs of a folder source would otherwise share one project folder."""
+    from components.config import load_params
+    from flows.deploy import work_pool_deployment
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = load_params(REPO / "params.yaml")
+    arguments = work_pool_deployment(
+        settings,
+        source=str(REPO),
+        pool="p",
+        project_root=".",
+        params_file="params.yaml",
+        image=None,
+        interval=None,
+    )
+    assert arguments["concurrency_limit"] == 1
+    assert (arguments["work_pool_name"], arguments["name"]) == ("p", settings.schedule.deployment_name)
+
+
+def test_a_git_source_without_a_tracking_server_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker runs a git source in a temporary clone: without MLFLOW_TRACKING_URI each run's SQLite
+    store, models and registry would vanish with it. Refused before anything is cloned or registered."""
+    from typer.testing import CliRunner
+
+    from flows.deploy import app, copied_per_run
+
+    git = "https://git.example.com/ml/classifier-pipeline.git"
+    assert copied_per_run(git)
+    assert copied_per_run("git@git.example.com:ml/classifier-pipeline.git")
+    assert not copied_per_run(str(REPO))
+    assert not copied_per_run(".")
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    result = CliRunner().invoke(app, ["work-pool", "--pool", "p", "--source", git])
+    assert result.exit_code == 2, result.output
+    assert "deploy failed: --source" in result.output
+    assert "set MLFLOW_TRACKING_URI" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_the_flow_pickles_by_value_as_a_served_deployment_needs() -> None:
     """``flow.serve`` starts each run by cloudpickling the flow with its module's globals by value:
     a lock (or any unpicklable object) at module level makes every scheduled run crash at start."""
