@@ -25,7 +25,7 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 
 # What the train stage, bench/train_throughput.py, bench/inference.py and tests/test_gpu.py import
-# (MLflow's client with its SQLite store, pydantic and cronsim for params) that the machine's image did not
+# (MLflow's client with its SQLite store, pydantic and croniter for params) that the machine's image did not
 # hold when last listed (2026-11). mlflow-skinny, not mlflow: the full wheel adds the server and
 # its web UI, 30 MB the checks never load.
 CARRY = (
@@ -33,7 +33,7 @@ CARRY = (
     "annotated-types",
     "cachetools",
     "cffi",
-    "cronsim",
+    "croniter",
     "cryptography",
     "databricks-sdk",
     "fastapi",
@@ -55,6 +55,7 @@ CARRY = (
     "pydantic-extra-types",
     "pycparser",
     "pydot",
+    "python-dateutil",
     "python-dotenv",
     "pytz",
     "sniffio",

@@ -255,14 +255,20 @@ class ScheduleParams(Section):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from datetime import datetime
+        """Prefect's own rule (``prefect.schedules.Cron``), with the croniter release Prefect 3.8
+        vendors: a string accepted here is one ``flows.deploy`` can register (``@daily`` included),
+        and one Prefect refuses (``0 3 * * 5L``) stops every stage, not only the deployment."""
+        from croniter import croniter
 
-        from cronsim import CronSim, CronSimError
-
-        try:
-            CronSim(value, datetime(2000, 1, 1))
-        except CronSimError as exc:
-            raise ValueError(f"not a valid cron expression ({exc})") from None
+        if not croniter.is_valid(value):
+            raise ValueError(
+                f"not a valid cron expression for Prefect: {value!r} (five fields, minute hour "
+                "day-of-month month day-of-week, or a nickname such as @daily)"
+            )
+        if any(field.casefold() in {"r", "h"} for field in value.split()):
+            raise ValueError(
+                f"not a valid cron expression for Prefect: {value!r} (random R and hashed H unsupported)"
+            )
         return value
 
     @field_validator("timezone")

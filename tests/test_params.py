@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from components.config import Params, load_params
+from components.config import Params, load_params, validate_params
 from components.errors import ParamsError
 from tests.conftest import REPO, Project
 
@@ -191,6 +191,10 @@ MALFORMED: dict[str, tuple[str, list[str]]] = {
         "schedule:\n  cron: 'every night'\n",
         ["schedule.cron", "not a valid cron expression"],
     ),
+    "cron_prefect_refuses": (  # cronsim took it; `flows.deploy` then failed with "Invalid cron string"
+        "schedule:\n  cron: '0 3 * * 5L'\n",
+        ["schedule.cron", "not a valid cron expression for Prefect", "5L"],
+    ),
     "unknown_time_zone": (
         "schedule:\n  timezone: Mars/Olympus\n",
         ["schedule.timezone", "unknown time zone"],
@@ -274,3 +278,30 @@ def test_exponent_floats_read_as_numbers_in_params_and_set_and_a_bad_override_is
     }
     with pytest.raises(ParamsError, match=r"params.yaml \(overridden: train.learning_rate\): invalid"):
         load_params(params_file, key_overrides(["train.learning_rate=fast"]))
+
+
+def test_schedule_cron_is_checked_by_prefects_rule() -> None:
+    """What params accept is what ``prefect.schedules.Cron`` accepts: ``@daily`` (which cronsim
+    refused) passes, ``0 3 * * 5L`` (which cronsim took and Prefect refuses) does not."""
+    from prefect.schedules import Cron
+
+    assert validate_params({"schedule": {"cron": "@daily"}}).schedule.cron == "@daily"
+    with pytest.raises(ParamsError, match=r"schedule\.cron"):
+        validate_params({"schedule": {"cron": "0 3 * * 5L"}})
+    samples = [
+        "0 3 * * *", "@daily", "@hourly", "@weekly", "0 3 * * 5L", "0 3 L * *", "0 3 * * 5#2",
+        "0 0 * * mon-fri", "*/15 * * * *", "* * * * * *", "H 3 * * *", "R 3 * * *", "0 3 * * L5",
+        "0 24 * * *", "@reboot", "0 3 * * * 2024", "every night", "",
+    ]  # fmt: skip
+    for cron in samples:
+        try:
+            Cron(cron)
+            prefect_accepts = True
+        except ValueError:
+            prefect_accepts = False
+        try:
+            validate_params({"schedule": {"cron": cron}})
+            we_accept = True
+        except ParamsError:
+            we_accept = False
+        assert we_accept == prefect_accepts, cron
