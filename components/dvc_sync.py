@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params, flatten, load_params
+from components.errors import ProjectSetupError
 
 PARAMS_FILE = "params.yaml"
 _LOCK = threading.Lock()
@@ -50,16 +51,20 @@ class DvcStages:
 
     @classmethod
     def open(cls, project_root: Path | str, effective: Params) -> DvcStages | None:
-        """None when the project has no DVC pipeline (then every stage simply runs)."""
+        """None when the project has no DVC pipeline (then every stage simply runs).
+
+        DVC is opened once here, so a project it cannot open stops the run before any stage, with
+        a :class:`ProjectSetupError` rather than a traceback from the first task.
+        """
         root = Path(project_root).resolve()
         if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
             return None
+        with _LOCK, _open_repo(root):
+            pass
         return cls(root, changed_keys(effective, root))
 
     def _repo(self) -> Any:
-        from dvc.repo import Repo
-
-        return Repo(str(self.root))
+        return _open_repo(self.root)
 
     def _target(self, stage: str) -> str:
         """An absolute ``dvc.yaml:stage`` target: DVC resolves bare stage names against the cwd."""
@@ -96,6 +101,22 @@ class DvcStages:
         with _LOCK, self._repo() as repo:
             repo.commit(self._target(stage), force=True)
         return True
+
+
+def _open_repo(root: Path) -> Any:
+    """DVC's ``Repo`` for ``root``; a folder that is not a git checkout (a copy without ``.git``,
+    such as the training image) is a :class:`ProjectSetupError` naming both ways out."""
+    from dvc.repo import Repo
+    from dvc.scm import SCMError
+
+    try:
+        return Repo(str(root))
+    except SCMError as exc:
+        raise ProjectSetupError(
+            f"{root}: DVC cannot open the project ({exc}): DVC needs a git checkout unless its setting "
+            "core.no_scm is true; clone the project with git, or run `dvc config --local core.no_scm "
+            "true` in that folder (the training image does)"
+        ) from None
 
 
 def _tracked_params(stage: Any) -> Iterable[str]:

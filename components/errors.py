@@ -40,6 +40,10 @@ class DataValidationError(PipelineError):
         super().__init__(message)
 
 
+class ProjectSetupError(PipelineError):
+    """The project folder is not set up as a tool the pipeline runs needs it (DVC outside git)."""
+
+
 class TransientError(PipelineError):
     """A service the stage needs did not answer (tracking server down, timeout): worth a retry."""
 

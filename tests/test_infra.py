@@ -212,3 +212,38 @@ def test_dockerfiles_pass_hadolint_and_the_training_image_is_layered_and_non_roo
     user = [line for line in lines if line.startswith("USER ")]
     assert user
     assert user[-1].split()[1].split(":")[0] not in {"0", "root"}
+
+
+def test_the_training_image_is_a_dvc_project_without_git(tmp_path: Path) -> None:
+    """.dockerignore leaves ``.git`` out of the image, and DVC refuses a folder that is not a git
+    checkout: ``python -m flows.pipeline`` in the image failed with ``SCMError``. What the Dockerfile
+    copies, plus its ``dvc config`` command, is checked here to make a project DVC opens."""
+    assert ".git" in (REPO / ".dockerignore").read_text().split()
+    lines = (INFRA / "docker" / "Dockerfile").read_text().splitlines()
+    setting = next(i for i, line in enumerate(lines) if "dvc config --local core.no_scm true" in line)
+    copies = [
+        (i, line.split()[1:])
+        for i, line in enumerate(lines)
+        if line.startswith("COPY ") and "--from" not in line
+    ]
+    assert max(i for i, _ in copies) < setting, "core.no_scm must be set once .dvc/config is in place"
+    for _, (*sources, destination) in copies:
+        for source in sources:
+            target = (
+                tmp_path / destination / Path(source).name
+                if destination.endswith("/")
+                else tmp_path / destination
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(REPO / source, target)
+
+    dvc = [sys.executable, "-m", "dvc"]
+    refused = subprocess.run([*dvc, "status"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0
+    assert "not a git repository" in refused.stdout + refused.stderr
+    subprocess.run([*dvc, "config", "--local", "core.no_scm", "true"], cwd=tmp_path, check=True)
+    status = subprocess.run([*dvc, "status"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert status.returncode == 0, status.stdout + status.stderr

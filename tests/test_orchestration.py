@@ -161,6 +161,28 @@ def test_a_git_source_without_a_tracking_server_is_refused_in_one_line(
     assert "Traceback" not in result.output
 
 
+def test_a_dvc_project_outside_git_stops_the_flow_with_what_to_do(tmp_path: Path) -> None:
+    """A copy without ``.git`` (the training image) made DVC raise ``SCMError: ... is not a git
+    repository`` as a traceback from the first task; the flow now stops at start with a
+    :class:`PipelineError` naming both ways out, and ``core.no_scm`` (the image's) opens it."""
+    import shutil
+
+    from components.config import load_params
+    from components.dvc_sync import DvcStages
+    from components.errors import PipelineError
+
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    settings = load_params(tmp_path / "params.yaml")
+    with pytest.raises(PipelineError, match=r"not a git repository.*git checkout.*core\.no_scm true"):
+        DvcStages.open(tmp_path, settings)
+    (tmp_path / ".dvc" / "config.local").write_text("[core]\n    no_scm = true\n")
+    stages = DvcStages.open(tmp_path, settings)
+    assert stages is not None
+    assert stages.up_to_date("ingest") is False  # DVC answers: nothing was ever run here
+
+
 def test_the_flow_pickles_by_value_as_a_served_deployment_needs() -> None:
     """``flow.serve`` starts each run by cloudpickling the flow with its module's globals by value:
     a lock (or any unpicklable object) at module level makes every scheduled run crash at start."""
