@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.console import Console
 
 from components.config import load_params
 from components.data.summary import prepared_table
-from components.evaluation.summary import results_table
+from components.evaluation.summary import champion_line, results_table
 from components.registry.register import REPORT
 from components.tracking import tracking_uri
 from pipelines._cli import run_stage
@@ -49,25 +48,12 @@ def print_summary(
     console.print(prepared_table(prepared or root / "data" / "prepared"))
     chosen = list(architectures or settings.train.architectures)
     console.print(results_table(chosen, models or root / "models", reports, reports / REPORT))
-    champion = _champion_line(reports / REPORT)
+    champion = champion_line(reports / REPORT)
     if champion:
         console.print(champion, highlight=False)
     uri = tracking_uri(root)
     hint = f"uv run mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
     console.print(f"Browse the runs: {hint}", highlight=False, soft_wrap=True)
-
-
-def _champion_line(report_file: Path) -> str | None:
-    """Which version holds ``champion`` (it may be one none of the current models produced)."""
-    if not report_file.is_file():
-        return None
-    report = json.loads(report_file.read_text(encoding="utf-8"))
-    champion = report.get("champion")
-    if not champion:
-        return None
-    return (
-        f"Champion: {report.get('model_name', 'model')} v{champion['version']} ({champion['architecture']})"
-    )
 
 
 if __name__ == "__main__":

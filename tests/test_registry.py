@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from components.config import Params, dump_params, validate_params
 from components.data.prepared import load_prepared
 from components.errors import PipelineError, TransientError
+from components.evaluation.summary import champion_line
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
 from components.registry.predict import predict_file
 from components.registry.pyfunc_model import import_networks
@@ -35,7 +36,6 @@ from components.registry.register import (
 )
 from components.training.artifacts import load_trained_model
 from components.training.train import train
-from pipelines.summary import _champion_line
 from tests.conftest import tiny_params
 
 
@@ -116,7 +116,7 @@ def test_champion_moves_only_to_a_better_model_and_registration_is_idempotent(
     written = report_file.read_bytes()
     write_report([first, best, middle], champion_version(params, digits_project), report_file)
     assert report_file.read_bytes() == written  # no timestamps: same registry state, same bytes
-    assert _champion_line(report_file) == f"Champion: {name} v{best.version} (mlp)"
+    assert champion_line(report_file) == f"Champion: {name} v{best.version} (mlp)"
 
 
 def test_registered_model_predicts_on_raw_pixels_what_the_trained_model_predicts(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
 from components.errors import DataValidationError
 from components.evaluation.evaluate import METRICS
 from components.training.artifacts import TRAIN_INFO, read_train_info
+
+# What a hand-edited or truncated registration.json raises while it is read.
+_UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError)
 
 
 def _result_cells(metrics_file: Path, info_file: Path) -> list[str]:
@@ -34,6 +38,35 @@ def _result_cells(metrics_file: Path, info_file: Path) -> list[str]:
     ]
 
 
+def read_registration(path: Path | str) -> dict[str, Any] | None:
+    """``registration.json`` as written by the register stage, or None where there is none.
+
+    Raises one of ``_UNREADABLE``'s errors on a file that is not valid JSON or not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(report, dict):
+        raise TypeError(f"a JSON object was expected, not {type(report).__name__}")
+    return report
+
+
+def champion_line(registration: Path | str) -> str | None:
+    """Which version holds ``champion`` (it may be one none of the current models produced); None
+    when nothing is registered or the file is unreadable (the results table's caption says so)."""
+    try:
+        report = read_registration(registration) or {}
+        champion = report.get("champion")
+        if not champion:
+            return None
+        name, version = report.get("model_name") or "model", champion["version"]
+        architecture = champion.get("architecture")
+    except _UNREADABLE:
+        return None
+    return f"Champion: {name} v{version}" + (f" ({architecture})" if architecture else "")
+
+
 def results_table(
     architectures: Sequence[str],
     models_root: Path | str,
@@ -44,14 +77,14 @@ def results_table(
     its registered version (``champion`` marked) when ``registration`` (registration.json) exists."""
     versions: dict[str, str] = {}
     caption = None
-    if registration is not None and Path(registration).is_file():
+    if registration is not None:
         try:
-            report = json.loads(Path(registration).read_text(encoding="utf-8"))
+            report = read_registration(registration) or {}
             champion = (report.get("champion") or {}).get("version")
-            for decision in report.get("decisions", []):
+            for decision in report.get("decisions") or []:
                 mark = " champion" if str(decision["version"]) == str(champion) else ""
                 versions[decision["architecture"]] = f"v{decision['version']}{mark}"
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _UNREADABLE as exc:
             versions, caption = {}, f"{registration}: unreadable ({exc!r}); versions not shown"
     table = Table(title="Test-split results", caption=caption)
     for name, justify in [
