@@ -1,5 +1,6 @@
 """The end-of-run summary (``python -m pipelines.summary``) on hand-written model and report folders:
-a bad registration.json never ends the summary in a traceback."""
+figures of an older model than the one in ``models/<arch>/`` are marked stale, and a bad
+registration.json never ends the summary in a traceback."""
 
 from __future__ import annotations
 
@@ -61,6 +62,47 @@ def _rows(root: Path) -> list[list[str]]:
         ["mlp"], root / "models", root / "reports", root / "reports/registration.json"
     )
     return [list(row) for row in zip(*([str(cell) for cell in c._cells] for c in table.columns), strict=True)]
+
+
+def test_the_evaluated_and_registered_model_shows_its_figures_and_version(tmp_path: Path) -> None:
+    _model(tmp_path, "fp-1", WEIGHTS_BYTES)
+    _reports(tmp_path, "fp-1")
+    assert _rows(tmp_path) == [["mlp", "0.5000", "0.2500", "1,234", "2", "1.2 s", "1,000", "v1 champion"]]
+
+
+def test_a_model_retrained_after_its_evaluation_and_registration_shows_neither(tmp_path: Path) -> None:
+    """Before, ``train@mlp`` alone put the new model's size beside the old model's accuracy and
+    version ("v1 champion" for weights never registered)."""
+    _reports(tmp_path, "fp-1")
+    _model(tmp_path, "fp-2", b"retrained weights", parameters=567)
+    assert _rows(tmp_path) == [
+        ["mlp", "stale: re-run evaluate@mlp", "", "567", "2", "1.2 s", "", "stale: re-run register"]
+    ]
+    # Re-evaluated but not re-registered: the figures come back, the version stays stale.
+    _reports(tmp_path, "fp-2")
+    assert _rows(tmp_path)[0][1:] == [
+        "0.5000",
+        "0.2500",
+        "567",
+        "2",
+        "1.2 s",
+        "1,000",
+        "stale: re-run register",
+    ]
+
+
+@pytest.mark.parametrize("report", [None, "no fingerprint", "{not json"])
+def test_metrics_without_a_readable_fingerprint_are_not_vouched_for(
+    tmp_path: Path, report: str | None
+) -> None:
+    _model(tmp_path, "fp-1", WEIGHTS_BYTES)
+    folder = _reports(tmp_path, None if report == "no fingerprint" else "fp-1")
+    if report is None:
+        (folder / "classification_report.json").unlink()
+    elif report.startswith("{"):
+        (folder / "classification_report.json").write_text(report)
+    assert _rows(tmp_path)[0][1:3] == ["stale: re-run evaluate@mlp", ""]
+    assert _rows(tmp_path)[0][7] == "v1 champion"  # the weights are still the registered ones
 
 
 BAD_REGISTRATIONS = [

@@ -1,4 +1,9 @@
-"""Human-readable summary of the trained and evaluated architectures (the end of ``make run``)."""
+"""Human-readable summary of the trained and evaluated architectures (the end of ``make run``).
+
+Each figure is shown only while it still describes the model in ``models/<arch>/``: retraining one
+architecture (``train@<arch>`` alone) leaves its older report and registration decision behind, and
+the table would otherwise put the new model's size beside the old model's accuracy and version.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,27 @@ from typing import Any
 from rich.table import Table
 
 from components.errors import DataValidationError
-from components.evaluation.evaluate import METRICS
-from components.training.artifacts import TRAIN_INFO, read_train_info
+from components.evaluation.evaluate import METRICS, REPORT
+from components.hashing import sha256_file
+from components.training.artifacts import TRAIN_INFO, WEIGHTS, read_train_info
 
 # What a hand-edited or truncated registration.json raises while it is read.
 _UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError)
+_NOT_RECORDED = object()  # a report without a readable fingerprint: never equal to the model's
 
 
-def _result_cells(metrics_file: Path, info_file: Path) -> list[str]:
-    """Accuracy, macro-F1, parameters, epochs, fit time and inference speed, formatted."""
-    info = read_train_info(info_file)
+def stale(stage: str) -> str:
+    """The cell shown where a figure describes an older model than the current one."""
+    return f"stale: re-run {stage}"
+
+
+def _train_cells(info: dict[str, Any]) -> list[str]:
+    """Parameters, epochs and fit time of the current model, formatted."""
+    return [f"{info['parameters']:,}", str(info["epochs"]), f"{info['fit_seconds']:.1f} s"]
+
+
+def _metric_cells(metrics_file: Path) -> tuple[str, str, str]:
+    """Accuracy, macro-F1 and inference speed, formatted."""
     try:
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         figures = [float(metrics[key]) for key in ("accuracy", "f1_macro", "images_per_second")]
@@ -28,14 +44,18 @@ def _result_cells(metrics_file: Path, info_file: Path) -> list[str]:
             metrics_file, "must hold accuracy, f1_macro and images_per_second", repr(exc)
         ) from None
     accuracy, f1_macro, images_per_second = figures
-    return [
-        f"{accuracy:.4f}",
-        f"{f1_macro:.4f}",
-        f"{info['parameters']:,}",
-        str(info["epochs"]),
-        f"{info['fit_seconds']:.1f} s",
-        f"{images_per_second:,.0f}",
-    ]
+    return f"{accuracy:.4f}", f"{f1_macro:.4f}", f"{images_per_second:,.0f}"
+
+
+def _evaluated_current_model(report_file: Path, info: dict[str, Any]) -> bool:
+    """Whether the evaluation in ``report_file`` (classification_report.json) was of the model that
+    ``info`` (its train_info.json) describes: evaluate copies the model's fingerprint into it."""
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        evaluated = report.get("model_fingerprint", _NOT_RECORDED)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        evaluated = _NOT_RECORDED  # no proof which model the metrics are of
+    return bool(evaluated == info.get("fingerprint"))
 
 
 def read_registration(path: Path | str) -> dict[str, Any] | None:
@@ -50,6 +70,30 @@ def read_registration(path: Path | str) -> dict[str, Any] | None:
     if not isinstance(report, dict):
         raise TypeError(f"a JSON object was expected, not {type(report).__name__}")
     return report
+
+
+def _registered_versions(report: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Per architecture: its last decision's version (``champion`` marked) and the sha256 of the
+    weights file it registered."""
+    champion = (report.get("champion") or {}).get("version")
+    versions: dict[str, tuple[str, str | None]] = {}
+    for decision in report.get("decisions") or []:
+        mark = " champion" if str(decision["version"]) == str(champion) else ""
+        versions[decision["architecture"]] = (f"v{decision['version']}{mark}", decision.get("weights_sha256"))
+    return versions
+
+
+def _registered_cell(registered: tuple[str, str | None] | None, weights_file: Path) -> str:
+    """The version registered from ``weights_file``, or ``stale`` where the decision was about other
+    weights (the register stage keys versions by the sha256 of the weights file's bytes)."""
+    if registered is None:
+        return ""
+    version, weights_sha = registered
+    try:
+        current = sha256_file(weights_file)
+    except OSError:
+        current = None
+    return version if current is not None and weights_sha == current else stale("register")
 
 
 def champion_line(registration: Path | str) -> str | None:
@@ -74,16 +118,16 @@ def results_table(
     registration: Path | str | None = None,
 ) -> Table:
     """One row per architecture: test accuracy, macro-F1, size, training and inference speed, and
-    its registered version (``champion`` marked) when ``registration`` (registration.json) exists."""
-    versions: dict[str, str] = {}
+    its registered version (``champion`` marked) when ``registration`` (registration.json) exists.
+
+    Test figures of an older model than ``models/<arch>/`` holds read ``stale: re-run
+    evaluate@<arch>``, and a version registered from other weights ``stale: re-run register``.
+    """
+    versions: dict[str, tuple[str, str | None]] = {}
     caption = None
     if registration is not None:
         try:
-            report = read_registration(registration) or {}
-            champion = (report.get("champion") or {}).get("version")
-            for decision in report.get("decisions") or []:
-                mark = " champion" if str(decision["version"]) == str(champion) else ""
-                versions[decision["architecture"]] = f"v{decision['version']}{mark}"
+            versions = _registered_versions(read_registration(registration) or {})
         except _UNREADABLE as exc:
             versions, caption = {}, f"{registration}: unreadable ({exc!r}); versions not shown"
     table = Table(title="Test-split results", caption=caption)
@@ -99,15 +143,19 @@ def results_table(
     ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for arch in architectures:
-        metrics_file = Path(reports_root) / arch / METRICS
-        info_file = Path(models_root) / arch / TRAIN_INFO
-        if not metrics_file.is_file() or not info_file.is_file():
+        report_dir, model_dir = Path(reports_root) / arch, Path(models_root) / arch
+        if not (report_dir / METRICS).is_file() or not (model_dir / TRAIN_INFO).is_file():
             table.add_row(arch, "not evaluated yet", "", "", "", "", "", "")
             continue
-        try:
-            cells = _result_cells(metrics_file, info_file)
-        except DataValidationError as exc:  # one bad file spoils its row, not the whole table
+        try:  # one bad file spoils its row, not the whole table
+            info = read_train_info(model_dir / TRAIN_INFO)
+            if _evaluated_current_model(report_dir / REPORT, info):
+                accuracy, f1_macro, speed = _metric_cells(report_dir / METRICS)
+            else:
+                accuracy, f1_macro, speed = stale(f"evaluate@{arch}"), "", ""
+        except DataValidationError as exc:
             table.add_row(arch, f"unreadable: {exc}", "", "", "", "", "", "")
             continue
-        table.add_row(arch, *cells, versions.get(arch, ""))
+        registered = _registered_cell(versions.get(arch), model_dir / WEIGHTS)
+        table.add_row(arch, accuracy, f1_macro, *_train_cells(info), speed, registered)
     return table
