@@ -408,6 +408,34 @@ def test_registry_lease_keeps_out_a_second_holder_and_breaks_an_expired_one(trac
     assert not client.search_registered_models(f"name = '{lock_name('leased')}'")
 
 
+def test_registry_lease_waits_when_the_holder_lets_go_while_the_lock_is_being_created(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race seen on PostgreSQL: a waiter's insert of the lock hits the unique name, and before the
+    store reads the existing lock back to word its error, the holder deletes it. The store then says
+    RESOURCE_DOES_NOT_EXIST; that lost race must mean "try again", not a failed registration.
+    Replayed on the real SQLite store by letting the holder go at exactly that point."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    client = MlflowClient(tracking_uri)
+    lock = lock_name("raced")
+    client.create_registered_model(lock, tags={HOLDER_TAG: "other:1:x", EXPIRES_TAG: "9e99"})
+    read_back = SqlAlchemyStore.get_registered_model
+    released: list[str] = []
+
+    def holder_lets_go_first(store: SqlAlchemyStore, name: str) -> object:
+        if name == lock and not released:
+            released.append(name)
+            store.delete_registered_model(name)
+        return read_back(store, name)
+
+    monkeypatch.setattr(SqlAlchemyStore, "get_registered_model", holder_lets_go_first)
+    with registry_lease(client, "raced", wait_s=5, poll_s=0.05) as holder:
+        assert released == [lock]  # the interleaving did happen
+        assert client.get_registered_model(lock).tags[HOLDER_TAG] == holder
+    assert not client.search_registered_models(f"name = '{lock}'")
+
+
 def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the_training_commit(
     digits_project: Path, params: Params, models: dict[int, Path], tmp_path: Path
 ) -> None:

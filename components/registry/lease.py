@@ -38,8 +38,14 @@ def lock_name(model_name: str) -> str:
     return f"{model_name}{LOCK_SUFFIX}"
 
 
-def _already_exists(exc: MlflowException) -> bool:
-    return exc.error_code == "RESOURCE_ALREADY_EXISTS"
+def _lost_the_race(exc: MlflowException) -> bool:
+    """True when creating the lock failed because someone else holds (or just held) it.
+
+    RESOURCE_ALREADY_EXISTS is the plain case. RESOURCE_DOES_NOT_EXIST is the holder letting go in
+    between: MLflow's SQL store, on the unique-name violation, reads the existing model back to word
+    its error, and that read fails once the holder has deleted the lock. Both mean "try again".
+    """
+    return exc.error_code in {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"}
 
 
 def _try_acquire(client: MlflowClient, lock: str, holder: str, ttl_s: float) -> bool:
@@ -50,7 +56,7 @@ def _try_acquire(client: MlflowClient, lock: str, holder: str, ttl_s: float) -> 
             description="Registration in progress; deleted when it ends (components/registry/lease.py).",
         )
     except MlflowException as exc:
-        if _already_exists(exc):
+        if _lost_the_race(exc):
             return False
         raise
     return True
