@@ -337,7 +337,6 @@ def training_pipeline(
     parent = open_parent_task(run)
     run = replace(run, parent_run_id=parent)
 
-    stage_runs: dict[str, PrefectFuture[bool]] = {}  # train@/evaluate@<arch>: did the stage run
     registrations: list[PrefectFuture[Decision]] = []
     every_task: dict[str, PrefectFuture[Any]] = {}  # by name, architecture by architecture
     for arch in settings.train.architectures:
@@ -345,7 +344,6 @@ def training_pipeline(
         evaluated = evaluate_task.submit(run, arch, return_state=False, wait_for=[trained])
         previous = [allow_failure(registrations[-1])] if registrations else []
         registered = register_task.submit(run, arch, return_state=False, wait_for=[evaluated, *previous])
-        stage_runs |= {f"train@{arch}": trained, f"evaluate@{arch}": evaluated}
         registrations.append(registered)
         every_task |= {
             f"train@{arch}": trained,
@@ -368,7 +366,11 @@ def training_pipeline(
         request_stop()
         tracker.end_parent(parent, succeeded=False, interrupted=not isinstance(exc, Exception))
         raise
-    stages = {**data_stages, **{name: future.result() for name, future in stage_runs.items()}}
+    # train@/evaluate@<arch> return whether the stage ran (register@ returns its decision).
+    stage_runs = {
+        name: future.result() for name, future in every_task.items() if not name.startswith("register@")
+    }
+    stages = {**data_stages, **stage_runs}
     skipped = sorted(name for name, did in stages.items() if not did)
     tracker.end_parent(parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none"})
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}
