@@ -14,7 +14,7 @@ import torch
 from components.config import validate_params
 from components.errors import DataValidationError, ParamsError
 from components.evaluation.evaluate import evaluate
-from components.evaluation.inference import MIN_TIMED_BATCHES, predict
+from components.evaluation.inference import MIN_TIMED_BATCHES, Predictions, predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.training.train import train
 from tests.conftest import tiny_params
@@ -152,8 +152,21 @@ def test_a_small_split_is_timed_over_several_batches_and_predicted_once() -> Non
     result = predict(model, x, batch_size=4)  # 3 batches per pass: two passes are timed
     assert result.classes.tolist() == model(x).argmax(1).tolist()
     assert len(result.batch_seconds) == 6 >= MIN_TIMED_BATCHES
-    assert result.timed_images == 20
+    assert result.batch_images == [4, 4, 2, 4, 4, 2]
     assert result.images_per_second == pytest.approx(20 / sum(result.batch_seconds))
+
+
+def test_latency_is_taken_over_full_size_batches_only() -> None:
+    """Three passes over 260 images at batch 256: half the timed batches hold 4 images, and their
+    times must not pull the per-batch median (a figure for batches of 256) down."""
+    result = Predictions(
+        classes=np.zeros(260, dtype=np.int64),
+        batch_seconds=[0.010, 0.0001, 0.012, 0.0001, 0.014, 0.0001],
+        batch_images=[256, 4, 256, 4, 256, 4],
+    )
+    assert result.latency_ms["median"] == pytest.approx(12.0)
+    assert result.latency_ms["p95"] == pytest.approx(14.0)
+    assert result.images_per_second == pytest.approx(780 / 0.0363)
 
 
 @pytest.mark.parametrize(

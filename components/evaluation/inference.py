@@ -17,19 +17,21 @@ class Predictions:
     """(N,) int64 predicted class ids."""
     batch_seconds: list[float]
     """Wall time of each timed batch (forward + argmax + copy back), warm-up excluded."""
-    batch_size: int
-    timed_images: int = 0
-    """Images in the timed batches (a small split is timed over several passes)."""
+    batch_images: list[int]
+    """Images in each timed batch, in the same order (a small split is timed over several passes,
+    and each pass may end on a short batch)."""
 
     @property
     def images_per_second(self) -> float:
         total = sum(self.batch_seconds)
-        return (self.timed_images or len(self.classes)) / total if total > 0 else float("nan")
+        return sum(self.batch_images) / total if total > 0 else float("nan")
 
     @property
     def latency_ms(self) -> dict[str, float]:
-        """Median and 95th percentile of the per-batch latency, in milliseconds."""
-        times = sorted(self.batch_seconds)
+        """Median and 95th percentile of the per-batch latency, in milliseconds, over the batches of
+        the full size: a pass's short last batch would pull the median of a small split down."""
+        full = max(self.batch_images, default=0)
+        times = sorted(s for s, n in zip(self.batch_seconds, self.batch_images, strict=True) if n == full)
         if not times:
             return {"median": float("nan"), "p95": float("nan")}
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
@@ -60,7 +62,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> Predictions:
         _synchronize(device)
     chunks: list[torch.Tensor] = []
     seconds: list[float] = []
-    timed_images = 0
+    images: list[int] = []
     while len(x) and (not chunks or len(seconds) < MIN_TIMED_BATCHES):
         first_pass = not chunks
         for start in range(0, len(x), batch_size):
@@ -69,8 +71,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> Predictions:
             classes_here = logits.argmax(dim=1).cpu()  # (B,); .cpu() waits for the device
             _synchronize(device)
             seconds.append(time.perf_counter() - began)
-            timed_images += len(classes_here)
+            images.append(len(classes_here))
             if first_pass:
                 chunks.append(classes_here)
     classes = torch.cat(chunks).numpy() if chunks else np.zeros(0, dtype=np.int64)
-    return Predictions(classes.astype(np.int64), seconds, batch_size, timed_images)
+    return Predictions(classes.astype(np.int64), seconds, images)
