@@ -90,6 +90,33 @@ def test_postgres_is_healthy_only_once_it_listens_on_tcp(compose: dict[str, Any]
         assert host == "127.0.0.1", f"the postgres health check must use TCP (-h 127.0.0.1): {command}"
 
 
+@pytest.mark.parametrize("password", ["p@ss", "a/b", "50%off", "x:y", "has space", "$HOME", ""])
+def test_the_postgres_init_script_refuses_a_password_a_connection_url_cannot_hold(
+    tmp_path: Path, password: str
+) -> None:
+    """The role passwords go into compose.yaml's connection URLs unescaped; one that breaks the URL
+    is refused naming the variable, before psql is ever called (no server runs here: a psql on the
+    path would record its call)."""
+    fake_psql = tmp_path / "psql"
+    fake_psql.write_text(f"#!/bin/sh\ntouch {tmp_path / 'psql-called'}\n")
+    fake_psql.chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "MLFLOW_DB_PASSWORD": "Ok-1.2_3~4",
+        "PREFECT_DB_PASSWORD": password,
+    }
+    init = INFRA / "postgres" / "init-databases.sh"
+    done = subprocess.run(["bash", str(init)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+    assert "PREFECT_DB_PASSWORD" in done.stderr, done.stderr
+    assert not (tmp_path / "psql-called").exists()
+
+    env["PREFECT_DB_PASSWORD"] = "0123abcdef-._~"  # the same script goes on to psql with a safe one
+    done = subprocess.run(["bash", str(init)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "psql-called").exists()
+
+
 def test_compose_config_is_accepted_by_docker_compose() -> None:
     docker = shutil.which("docker")
     version = (
