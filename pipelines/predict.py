@@ -42,6 +42,13 @@ def main(
             "(default: the model's setting, auto unless MLFLOW_PYFUNC_INFERENCE_CONFIG names one)."
         ),
     ] = None,
+    range_check: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse images on another scale than the training data's pixels "
+            "(0..255 for a model trained on 0..16, or 0..1 for one trained on 0..255)."
+        ),
+    ] = True,
 ) -> None:
     """Load the registered model and write class id, name and probabilities for every image."""
 
@@ -58,7 +65,15 @@ def main(
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            result = predict_file(uri, source, out, batch_size=batch_size, device=device, on_batch=advance)
+            result = predict_file(
+                uri,
+                source,
+                out,
+                batch_size=batch_size,
+                device=device,
+                on_batch=advance,
+                check_range=range_check,
+            )
         console.print(f"predict: {len(result)} images with {uri} -> {out}", highlight=False, soft_wrap=True)
 
     run_stage("predict", body)

@@ -53,6 +53,9 @@ def test_statistics_come_from_the_train_split_only(digits_raw: Path, digits_prep
     train_pixels = raw["images"][train_index].astype(np.float64)
     assert stats["mean"] == pytest.approx([train_pixels.mean()], rel=1e-12)
     assert stats["std"] == pytest.approx([train_pixels.std()], rel=1e-12)
+    # The raw range, which batch prediction holds new images to (the digits' 0..16).
+    assert stats["pixel_min"] == [train_pixels.min()] == [0]
+    assert stats["pixel_max"] == [train_pixels.max()] == [16]
     # The pool's statistics differ, so the check above would catch stats fitted on everything.
     assert raw["images"].astype(np.float64).mean() != pytest.approx(stats["mean"][0], rel=1e-9)
 
@@ -229,6 +232,17 @@ def test_normalization_load_names_the_file(tmp_path: Path, content: str | None, 
     with pytest.raises(DataValidationError, match=rule) as info:
         Normalization.load(path)
     assert info.value.file == str(path)
+
+
+def test_a_stats_file_written_before_the_pixel_range_was_recorded_still_loads(
+    digits_prepared: Path, tmp_path: Path
+) -> None:
+    stats = json.loads((digits_prepared / "stats.json").read_text())
+    del stats["pixel_min"], stats["pixel_max"]
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    old = Normalization.load(tmp_path / "stats.json")
+    assert (old.pixel_min, old.pixel_max) == (None, None)
+    assert old.mean == stats["mean"]
 
 
 def test_prepared_manifest_without_stats_hash_is_refused(digits_prepared: Path, tmp_path: Path) -> None:

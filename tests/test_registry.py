@@ -211,6 +211,10 @@ def test_registered_model_runs_where_model_config_says_and_old_versions_refuse_a
     first = sorted(weights)[0]
     weights[first] = weights[first] + 1e-3
     save_file(weights, old / "weights.safetensors")
+    # ... and trained on data prepared before stats.json recorded the training pixel range.
+    stats = json.loads((old / "stats.json").read_text())
+    del stats["pixel_min"], stats["pixel_max"]
+    (old / "stats.json").write_text(json.dumps(stats))
     log_model = mlflow.pyfunc.log_model
 
     def log_without_model_config(*args: object, **kwargs: object) -> object:
@@ -230,6 +234,12 @@ def test_registered_model_runs_where_model_config_says_and_old_versions_refuse_a
         predict_file(old_uri, tmp_path / "images.npz", tmp_path / "old.csv", device="cpu")
     assert not (tmp_path / "old.csv").exists()
     assert len(predict_file(old_uri, tmp_path / "images.npz", tmp_path / "old.csv")) == len(images)
+    # Without a recorded range nothing is checked: 0..255 images are predicted (and refused by the
+    # version that has one).
+    np.savez(tmp_path / "bright.npz", x=images[:, 0] * 15)
+    assert len(predict_file(old_uri, tmp_path / "bright.npz", tmp_path / "old.csv")) == len(images)
+    with pytest.raises(PipelineError, match="pixel values must lie within"):
+        predict_file(uri, tmp_path / "bright.npz", tmp_path / "new.csv")
 
 
 def test_register_stage_registers_nothing_when_one_model_folder_is_broken(
@@ -386,6 +396,50 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     # The CPU, named, predicts what the default predicts.
     on_cpu = predict_file(uri, folder, tmp_path / "cpu.csv", device="cpu")
     assert on_cpu["class_id"].tolist() == expected
+
+    # Images on another scale than the training split's raw 0..16 are refused, naming the source,
+    # before anything is written: 0..255 PNGs (before, confident nonsense) and 0..1 floats.
+    bright = tmp_path / "bright"
+    bright.mkdir()
+    for i, image in enumerate(images[:5]):
+        Image.fromarray((image.astype(np.uint16) * 15).astype(np.uint8), mode="L").save(bright / f"{i}.png")
+    np.savez(tmp_path / "unit.npz", x=images / 16.0)
+    for source, rule in [
+        (bright, r"bright: pixel values must lie within the training .* 0\.\.16 .*from 0 to 2\d\d;"),
+        (tmp_path / "unit.npz", r"unit\.npz: pixel values must span the training .* 0\.\.16 .*largest is 1,"),
+    ]:
+        with pytest.raises(DataValidationError, match=rule):
+            predict_file(uri, source, tmp_path / "scaled.csv")
+    assert not (tmp_path / "scaled.csv").exists()
+    # The CLI refuses with exit 2 and names the way out, which then predicts them anyway.
+    scaled = [str(bright), "--out", str(tmp_path / "scaled.csv"), "--model-name", name]
+    refused = CliRunner().invoke(app, scaled)
+    assert refused.exit_code == 2, refused.output
+    assert "--no-range-check" in refused.output
+    assert not (tmp_path / "scaled.csv").exists()
+    forced = CliRunner().invoke(app, [*scaled, "--no-range-check"])
+    assert forced.exit_code == 0, forced.output
+    assert len(pd.read_csv(tmp_path / "scaled.csv")) == 5
+
+
+def test_pixel_range_is_checked_per_channel_with_a_margin() -> None:
+    """Colour images: each channel against its own training range, 5% of it allowed either side."""
+    from components.errors import DataValidationError
+    from components.registry.predict import check_pixel_range
+
+    lows, highs = [0.0, 10.0, 0.0], [255.0, 110.0, 50.0]
+    pixels = np.zeros((2, 3, 4, 4), np.float32)  # (N, C, H, W)
+    pixels[:, 0] = 255.0
+    pixels[:, 1] = np.linspace(5.5, 114.5, 16).reshape(4, 4)  # 5% of 100 past either end
+    pixels[:, 2, 0, 0] = 52.0
+    check_pixel_range(pixels, lows, highs, "ok.npz")
+    pixels[1, 2, 3, 3] = 53.0
+    with pytest.raises(DataValidationError, match=r"range 0\.\.50 in channel 2 \(1 of 32 values .* 0 to 53;"):
+        check_pixel_range(pixels, lows, highs, "hot.npz")
+    pixels[1, 2, 3, 3] = 0.0
+    pixels[:, 0] = 25.0  # the red channel within the bottom tenth of 0..255: another scale
+    with pytest.raises(DataValidationError, match=r"hot\.npz: .* must span .* in channel 0 .*largest is 25,"):
+        check_pixel_range(pixels, lows, highs, "hot.npz")
 
 
 def test_registry_lease_keeps_out_a_second_holder_and_breaks_an_expired_one(tracking_uri: str) -> None:

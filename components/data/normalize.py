@@ -32,6 +32,12 @@ class Normalization:
     """Class id -> name."""
     source: str
     """``data.source`` the statistics were computed on."""
+    pixel_min: list[float] | None = None
+    """Per-channel smallest raw pixel value of the training split (``None``: a ``stats.json``
+    written before the range was recorded). Prediction refuses inputs far outside
+    ``pixel_min..pixel_max`` (0..255 images for a model trained on the digits' 0..16)."""
+    pixel_max: list[float] | None = None
+    """Per-channel largest raw pixel value of the training split (``None`` as for ``pixel_min``)."""
 
     @classmethod
     def fit(cls, images: np.ndarray, class_names: list[str], source: str) -> Normalization:
@@ -43,6 +49,8 @@ class Normalization:
             image_shape=[int(d) for d in images.shape[1:]],
             class_names=list(class_names),
             source=source,
+            pixel_min=[float(v) for v in pixels.min(axis=(0, 2, 3))],
+            pixel_max=[float(v) for v in pixels.max(axis=(0, 2, 3))],
         )
 
     def apply(self, images: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 The model is loaded through MLflow (``models:/<name>@champion`` or ``models:/<name>/<version>``) and
 fed raw pixels, exactly as a serving endpoint would be; its signature fixes the image size and
-channel count, and inputs of another size are refused with the file named.
+channel count, and inputs of another size are refused with the file named, as are inputs on
+another scale than the training data's pixels (:func:`check_pixel_range`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ IDX_MARKERS = ("-ubyte", ".idx")
 # little more memory, and it spreads the per-call cost (MLflow's input check, the output table):
 # at 8,192 a small network predicts about 1.5x faster than at 1,024 (BENCHMARKS.md).
 PREDICT_BATCH_SIZE = 8192
+# How far past the training split's pixel range an input may reach, as a fraction of that range:
+# room for another scanner or resampling, none for another scale (0..255 against the digits' 0..16).
+RANGE_MARGIN = 0.05
+# An input whose largest value stays below this fraction of the training range is on a smaller
+# scale (0..1 floats, as torchvision's ToTensor gives, for a model trained on 0..255).
+RANGE_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,42 @@ def _read_image_folder(folder: Path, channels: int) -> Inputs:
     return Inputs(np.stack(images).astype(np.float32), [str(f.relative_to(folder)) for f in files])
 
 
+def check_pixel_range(
+    pixels: np.ndarray, pixel_min: list[float], pixel_max: list[float], source: Path | str
+) -> None:
+    """Refuse ``pixels`` (N, C, H, W) that are not on the scale of the training split's raw pixels
+    (per channel ``pixel_min..pixel_max``), naming ``source``.
+
+    The model takes any numbers and answers each with confident probabilities, so images on
+    another scale give nonsense without a word: 0..255 PNGs fed to the digits model (trained on
+    0..16), or 0..1 floats fed to an MNIST model (trained on 0..255). Refused: any value more than
+    ``RANGE_MARGIN`` of the range outside it, or an input whose largest value stays within the
+    bottom ``RANGE_FLOOR`` of it.
+    """
+    several = len(pixel_min) > 1
+    for channel, (lo, hi) in enumerate(zip(pixel_min, pixel_max, strict=True)):
+        values = pixels[:, channel]  # (N, H, W)
+        low, high = float(values.min()), float(values.max())
+        span = hi - lo
+        trained = f"the training data's range {lo:g}..{hi:g}" + (f" in channel {channel}" if several else "")
+        below, above = lo - RANGE_MARGIN * span, hi + RANGE_MARGIN * span
+        if low < below or high > above:
+            outside = int(np.count_nonzero((values < below) | (values > above)))
+            raise DataValidationError(
+                source,
+                f"pixel values must lie within {trained}",
+                f"{outside} of {values.size} values lie outside it, from {low:g} to {high:g}; "
+                "rescale the images to that range, or pass --no-range-check",
+            )
+        if span > 0 and high < lo + RANGE_FLOOR * span:
+            raise DataValidationError(
+                source,
+                f"pixel values must span {trained}",
+                f"the largest is {high:g}, within its bottom tenth: scaled to 0..1? rescale the "
+                "images to that range, or pass --no-range-check",
+            )
+
+
 def predict_file(
     uri: str,
     source: Path | str,
@@ -125,6 +168,7 @@ def predict_file(
     batch_size: int = PREDICT_BATCH_SIZE,
     device: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    check_range: bool = True,
 ) -> pd.DataFrame:
     """Predict every image of ``source`` with the model at ``uri``; write ``out_csv`` atomically.
 
@@ -132,7 +176,9 @@ def predict_file(
     ``cuda[:<n>]``; ``None``: the model's setting, ``auto`` unless ``MLFLOW_PYFUNC_INFERENCE_CONFIG``
     names one). Versions registered before the registry declared the ``device`` setting always run
     on ``auto``: naming a device for one of them is refused rather than silently ignored.
-    ``on_batch(done, total)`` is called after each batch (a progress bar).
+    ``on_batch(done, total)`` is called after each batch (a progress bar). ``check_range``: refuse
+    inputs on another scale than the training data's (:func:`check_pixel_range`); versions whose
+    data recorded no pixel range are not checked.
     """
     if Path(out_csv).is_dir():
         raise ParamsError(f"--out {out_csv}: is a folder; name the CSV file to write")
@@ -160,6 +206,10 @@ def predict_file(
         raise DataValidationError(
             source, f"the model takes images of shape {list(shape)}", f"got {list(inputs.pixels.shape[1:])}"
         )
+    wrapper = model.unwrap_python_model()
+    pixel_min, pixel_max = getattr(wrapper, "pixel_min", None), getattr(wrapper, "pixel_max", None)
+    if check_range and pixel_min is not None and pixel_max is not None:
+        check_pixel_range(inputs.pixels, pixel_min, pixel_max, source)
     frames = []
     total = len(inputs.pixels)
     for start in range(0, total, batch_size):

@@ -9,7 +9,8 @@ the train stage's ``models/<arch>/`` and the project at registration:
   name unique to its content, so models registered from different code load side by side
 - ``card`` (``model.json``): the architecture and its config
 - ``weights`` (``weights.safetensors``): the trained tensors (no pickle: nothing executable)
-- ``stats`` (``stats.json``): the normalisation, ``class_names`` (index = class id) and ``image_shape``
+- ``stats`` (``stats.json``): the normalisation, ``class_names`` (index = class id), ``image_shape``
+  and the training split's raw pixel range
 
 The network runs eagerly, as in training, so PyTorch's fused inference kernels (the transformer
 encoder's fast path, the LSTM's) apply; a ``torch.export`` graph loses them. It runs on the device
@@ -88,6 +89,11 @@ class RegisteredClassifier(PythonModel):
         self.module = module.to(self.device).eval()
         self.class_names: list[str] = list(stats["class_names"])
         self.image_shape: list[int] = list(stats["image_shape"])
+        # Per-channel raw pixel range of the training split; None for data prepared before it was
+        # recorded. The wrapper takes any values (as a serving endpoint must); batch prediction
+        # (components/registry/predict.py) reads these to refuse inputs on another scale.
+        self.pixel_min: list[float] | None = stats.get("pixel_min")
+        self.pixel_max: list[float] | None = stats.get("pixel_max")
         # class_name is categorical: its codes are the class ids, so no string is built per row.
         self.name_dtype = pd.CategoricalDtype(self.class_names)
         self.prob_columns = [f"prob_{name}" for name in self.class_names]
