@@ -91,6 +91,8 @@ def test_child_run_holds_params_curves_tags_metrics_and_artifacts(tracked: dict[
     assert run.data.metrics["test_accuracy"] == pytest.approx(reported["accuracy"])
     assert run.data.metrics["test_f1_macro"] == pytest.approx(reported["f1_macro"])
     assert run.data.metrics["test_images_per_second"] > 0
+    assert run.data.metrics["test_images"] == reported["test_images"]
+    assert not [key for key in run.data.metrics if key.startswith("test_test_")]
     assert run.data.metrics["model_parameters"] > 0
     assert run.data.metrics["model_bytes"] == (root / "models" / "cnn" / "weights.safetensors").stat().st_size
 

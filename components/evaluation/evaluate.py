@@ -103,7 +103,9 @@ def _log_to_mlflow(
     mlflow_info = info.get("mlflow") or {}
     run_id = mlflow_info.get("run_id")
     parent = mlflow_info.get("parent_run_id")
-    numeric = {f"test_{key}": float(value) for key, value in metrics.items()}
+    # metrics.json's keys under a test_ prefix (test_accuracy beside train_acc), once: its
+    # test_images count stays test_images, not test_test_images.
+    numeric = {(k if k.startswith("test_") else f"test_{k}"): float(value) for k, value in metrics.items()}
     if run_id and tracker.run_exists(run_id):
         context = tracker.reopened(run_id, parent)
     else:  # trained against another tracking server: record the evaluation on its own
