@@ -1,8 +1,8 @@
 """Behaviour of trained models: the third layer of tests, after code and data contracts.
 
 Each architecture is trained through the train stage's own function on the bundled digits (the
-default model sizes, 15 epochs: about 15 s for all four on one CPU thread) and judged on the
-held-out test split, fed raw pixels through the module the registry serves
+default model sizes, 15 epochs: about 35 s for all four on one CPU thread, MLflow included) and
+judged on the held-out test split, fed raw pixels through the module the registry serves
 (:class:`RawPixelClassifier`, normalisation folded in where it can be). Training is deterministic on
 the CPU, so the figures below are the same on every run; each bound leaves a margin for other torch
 builds. On this data at 15 epochs: accuracy 0.90 (lstm) to 0.985 (mlp), the smallest per-class
