@@ -130,9 +130,9 @@ def check_pixel_range(
     """Refuse ``pixels`` (N, C, H, W) that are not on the scale of the training split's raw pixels
     (per channel ``pixel_min..pixel_max``), naming ``source``.
 
-    The model takes any numbers and answers each with confident probabilities, so images on
-    another scale give nonsense without a word: 0..255 PNGs fed to the digits model (trained on
-    0..16), or 0..1 floats fed to an MNIST model (trained on 0..255). Refused: any value more than
+    The model takes any numbers and answers each without a word, so images on another scale get
+    wrong answers: on the digits (trained on 0..16), 0..1 floats took every architecture to about
+    chance and 0..255 values (8-bit PNGs) the lstm to 14%. Refused: any value more than
     ``RANGE_MARGIN`` of the range outside it, or an input whose largest value stays within the
     bottom ``RANGE_FLOOR`` of it.
     """
