@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from components.config import load_params
-from components.registry.predict import PREDICT_BATCH_SIZE, model_uri, predict_file
+from components.registry.predict import PREDICT_BATCH_SIZE, pinned_model_uri, predict_file
 from components.registry.register import CHAMPION, registered_model_name
 from components.tracking import fluent_tracking, tracking_uri
 from pipelines._cli import console, run_stage
@@ -54,12 +54,12 @@ def main(
 
     def body() -> None:
         name = model_name or registered_model_name(load_params(params))
-        uri = model_uri(name, version, alias)
         columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # The registry of the project whose params.yaml this is (MLFLOW_TRACKING_URI wins), not an
         # mlflow.db in whatever folder the command runs from.
         progress_bar = Progress(*columns, console=console, transient=True)
         with fluent_tracking(tracking_uri(params.parent)), progress_bar as progress:
+            uri = pinned_model_uri(name, version, alias)
             task = progress.add_task("predict", total=None)
 
             def advance(done: int, total: int) -> None:
@@ -74,7 +74,8 @@ def main(
                 on_batch=advance,
                 check_range=range_check,
             )
-        console.print(f"predict: {len(result)} images with {uri} -> {out}", highlight=False, soft_wrap=True)
+        which = uri if version else f"{uri} ({alias})"
+        console.print(f"predict: {len(result)} images with {which} -> {out}", highlight=False, soft_wrap=True)
 
     run_stage("predict", body)
 

@@ -320,6 +320,7 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
 
     name = registered_model_name(params)
     uri = f"models:/{name}@{CHAMPION}"
+    champion = MlflowClient().get_model_version_by_alias(name, CHAMPION).version
     expected = mlflow.pyfunc.load_model(uri).predict(images[:, None].astype(np.float32))["class_id"].tolist()
     outputs = {}
     for source in (folder, tmp_path / "images-idx3-ubyte", tmp_path / "images.npz"):
@@ -328,6 +329,8 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
             app, [str(source), "--out", str(out), "--model-name", name, "--batch-size", "16"]
         )
         assert result.exit_code == 0, result.output
+        # The version the alias named when the run began: loaded pinned, and said.
+        assert f"with models:/{name}/{champion} ({CHAMPION}) -> " in result.output
         table = pd.read_csv(out)
         assert len(table) == 40
         assert table["class_id"].tolist() == expected

@@ -54,6 +54,22 @@ def model_uri(name: str, version: str | None = None, alias: str = "champion") ->
     return f"models:/{name}/{version}" if version else f"models:/{name}@{alias}"
 
 
+def pinned_model_uri(name: str, version: str | None = None, alias: str = "champion") -> str:
+    """``models:/<name>/<version>`` for ``version``, or for the version ``alias`` points at now.
+
+    Batch prediction loads this pinned URI and names it in its output, so the version reported is
+    the one that predicted even if a registration moves the alias in between.
+    """
+    if version:
+        return model_uri(name, version)
+    try:
+        found = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:  # no such model or alias; or the server is away (75)
+        error = tracking_error(mlflow.get_tracking_uri(), exc)
+        raise type(error)(f"cannot load {model_uri(name, None, alias)}: {error}") from None
+    return model_uri(name, str(found.version))
+
+
 def _nchw(x: np.ndarray, file: Path) -> np.ndarray:
     if x.ndim == 3:
         return x[:, None]  # (N, H, W) -> (N, 1, H, W)
