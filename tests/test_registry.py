@@ -401,7 +401,7 @@ def test_batch_prediction_reads_a_folder_an_idx_file_and_an_npz(
     assert on_cpu["class_id"].tolist() == expected
 
     # Images on another scale than the training split's raw 0..16 are refused, naming the source,
-    # before anything is written: 0..255 PNGs (before, confident nonsense) and 0..1 floats.
+    # before anything is written: 0..255 PNGs (before: wrong answers, exit 0) and 0..1 floats.
     bright = tmp_path / "bright"
     bright.mkdir()
     for i, image in enumerate(images[:5]):
@@ -433,7 +433,7 @@ def test_pixel_range_is_checked_per_channel_with_a_margin() -> None:
     lows, highs = [0.0, 10.0, 0.0], [255.0, 110.0, 50.0]
     pixels = np.zeros((2, 3, 4, 4), np.float32)  # (N, C, H, W)
     pixels[:, 0] = 255.0
-    pixels[:, 1] = np.linspace(5.5, 114.5, 16).reshape(4, 4)  # 5% of 100 past either end
+    pixels[:, 1] = np.linspace(5.5, 114.5, 16).reshape(4, 4)  # 4.5 past either end: inside 5% of 100
     pixels[:, 2, 0, 0] = 52.0
     check_pixel_range(pixels, lows, highs, "ok.npz")
     pixels[1, 2, 3, 3] = 53.0
