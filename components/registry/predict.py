@@ -65,9 +65,14 @@ def pinned_model_uri(name: str, version: str | None = None, alias: str = "champi
     try:
         found = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as exc:  # no such model or alias; or the server is away (75)
-        error = tracking_error(mlflow.get_tracking_uri(), exc)
-        raise type(error)(f"cannot load {model_uri(name, None, alias)}: {error}") from None
+        raise _cannot_load(model_uri(name, None, alias), exc) from None
     return model_uri(name, str(found.version))
+
+
+def _cannot_load(uri: str, exc: MlflowException) -> PipelineError:
+    """``cannot load <uri>: ...`` as the tracking error ``exc`` stands for (a server away: 75)."""
+    error = tracking_error(mlflow.get_tracking_uri(), exc)
+    return type(error)(f"cannot load {uri}: {error}")
 
 
 def _nchw(x: np.ndarray, file: Path) -> np.ndarray:
@@ -206,8 +211,7 @@ def predict_file(
     try:
         model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
     except MlflowException as exc:  # no such model, version or alias; or the server is away (75)
-        error = tracking_error(mlflow.get_tracking_uri(), exc)
-        raise type(error)(f"cannot load {uri}: {error}") from None
+        raise _cannot_load(uri, exc) from None
     if device is not None and model.model_config.get("device") != device:
         # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
         raise PipelineError(
