@@ -51,6 +51,8 @@ class TransientError(PipelineError):
 # Exit codes of the stage CLIs, so a launcher can tell bad input from a service that was away.
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
+EXIT_NO_SPACE = 74  # EX_IOERR: the disk is full; nothing was replaced, free space and run again
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped by SIGTERM/SIGINT with a checkpoint saved; run again to resume
 
 # A launcher whose stage processes run under another launcher that does not pass their exit status
 # on (``torchrun`` exits 1 whatever its workers exited with) sets this to an empty folder; each
