@@ -91,8 +91,10 @@ class PairedEpochs(Callback):
         _sync(pl_module.device)
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
             _sync(pl_module.device)
             self.steps.append(time.perf_counter() - self._start)
 

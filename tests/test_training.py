@@ -168,64 +168,39 @@ def test_in_memory_batches_and_the_dataloader_train_identically(digits_project: 
     assert memory.info["weights_sha256"] == loader.info["weights_sha256"]
 
 
-class DirectPathProbe(Callback):
-    """Records, per epoch, whether the module took the direct ``loss.backward()`` and optimizer
-    ``step()`` (it implements neither backward hook nor ``on_before_optimizer_step``), and the
-    optimizer steps Lightning counted."""
+class StepHooks(Callback):
+    """Counts Lightning's backward and optimizer-step hooks, and the steps it counted per epoch."""
 
     def __init__(self) -> None:
-        self.direct: list[tuple[bool, bool]] = []
-        self.global_steps: list[int] = []
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.direct.append((bool(pl_module._direct_backward), bool(pl_module._direct_step)))  # type: ignore[attr-defined]
-        self.global_steps.append(trainer.global_step)
-
-
-class BackwardListener(DirectPathProbe):
-    """Implements ``on_after_backward``: the run must take Lightning's full ``manual_backward``."""
-
-    def __init__(self) -> None:
-        super().__init__()
         self.backwards = 0
+        self.steps = 0
+        self.global_steps: list[int] = []
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.backwards += 1
-
-
-class StepListener(DirectPathProbe):
-    """Implements ``on_before_optimizer_step``: the run must take Lightning's optimizer ``step()``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.steps = 0
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         self.steps += 1
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.global_steps.append(trainer.global_step)
 
-def test_direct_paths_are_taken_only_when_nobody_listens_and_train_identically(
-    digits_project: Path,
-) -> None:
-    """One CPU process with no listeners calls ``loss.backward()`` and the optimizer's ``step()``
-    directly; a callback implementing ``on_after_backward`` gets Lightning's ``manual_backward``, one
-    implementing ``on_before_optimizer_step`` Lightning's step, each with its hook once per optimizer
-    step. All end with the same weights and the same ``global_step``. (A clip small enough to bind
-    on every step: a direct path that skipped it would end elsewhere.)"""
-    probe, backward, step = DirectPathProbe(), BackwardListener(), StepListener()
-    params = _params(max_epochs=2, gradient_clip_val=0.01)
-    direct = _run(digits_project, "models/direct", params, callbacks=[probe])
-    hooked = _run(digits_project, "models/backward", params, callbacks=[backward])
-    stepped = _run(digits_project, "models/step", params, callbacks=[step])
-    assert probe.direct == [(True, True)] * 2  # per epoch
-    assert backward.direct == [(False, True)] * 2
-    assert step.direct == [(True, False)] * 2
-    assert backward.backwards == step.steps == 2 * STEPS_PER_EPOCH
-    expected_steps = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-    assert probe.global_steps == backward.global_steps == step.global_steps == expected_steps
-    assert direct.info["weights_sha256"] == hooked.info["weights_sha256"] == stepped.info["weights_sha256"]
+
+def test_every_optimizer_step_goes_through_lightning(digits_project: Path) -> None:
+    """Blocks of several steps per call still run Lightning's own backward and step: its hooks fire
+    once per optimizer step and ``global_step`` counts every step, so a callback (or a Lightning
+    upgrade) sees what a one-step-per-call loop would show. A clip small enough to bind on every
+    step gives the same weights whatever the block size."""
+    block, single = StepHooks(), StepHooks()
+    params = _params(max_epochs=2, gradient_clip_val=0.01, steps_per_call=3)
+    blocked = _run(digits_project, "models/block", params, callbacks=[block])
+    unblocked = _params(max_epochs=2, gradient_clip_val=0.01, steps_per_call=1)
+    one = _run(digits_project, "models/single", unblocked, callbacks=[single])
+    assert block.backwards == block.steps == 2 * STEPS_PER_EPOCH
+    assert block.global_steps == single.global_steps == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert blocked.info["weights_sha256"] == one.info["weights_sha256"]
 
 
 def test_diverged_training_writes_no_model_and_keeps_no_checkpoint(digits_project: Path) -> None:

@@ -9,10 +9,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import MetricCollection
 
@@ -82,13 +78,6 @@ class Classifier(L.LightningModule):
             }
         )
         self.losses = nn.ModuleDict({f"{stage}_loss": BatchMean() for stage in STAGES})
-        # Decided in on_train_start: see backward_is_plain and step_is_plain.
-        self._direct_backward = False
-        self._direct_step = False
-
-    def on_train_start(self) -> None:
-        self._direct_backward = backward_is_plain(self.trainer, self)
-        self._direct_step = step_is_plain(self.trainer, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -127,25 +116,13 @@ class Classifier(L.LightningModule):
         x, y = batch  # (S*B, ...), (S*B, K): S consecutive mini-batches (the last may be short)
         optimizer = self.optimizers()
         assert isinstance(optimizer, LightningOptimizer)
-        plain = optimizer.optimizer
-        # Lightning counts optimizer steps (global_step, saved in checkpoints) in this progress.
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         losses, logits = [], []
         for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size), strict=True):
             # xb (B, ...), yb (B, K)
             loss, step_logits = self.model_step((xb, yb))
-            plain.zero_grad()
-            if self._direct_backward:
-                loss.backward()  # all that manual_backward would do here (see backward_is_plain)
-            else:
-                self.manual_backward(loss)
-            if self._direct_step:  # all that optimizer.step() would do here (see step_is_plain)
-                progress.increment_ready()
-                self.clip_gradients_of(plain)
-                plain.step()
-                progress.increment_completed()
-            else:
-                optimizer.step()  # clipped first, in on_before_optimizer_step
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # Lightning counts it in global_step; clipped in on_before_optimizer_step
             losses.append(loss.detach())
             logits.append(step_logits.detach())
         # Metrics once per block, not per step: a few device ops for the whole block.
@@ -171,7 +148,7 @@ class Classifier(L.LightningModule):
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
         # The last block, not on_train_epoch_end: callbacks (the epoch history) run before the
         # module's on_train_epoch_end and must already see this epoch's training figures.
-        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if batch_idx + 1 == self.trainer.num_training_batches:
             self.log_epoch("train")
 
     def _evaluation_step(self, batch: Batch, stage: Stage) -> torch.Tensor:
@@ -215,55 +192,3 @@ def build_optimizer(
     """
     fused = True if device.type == "cuda" and fused_ok else None
     return torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay, fused=fused)
-
-
-BACKWARD_HOOKS = ("on_before_backward", "on_after_backward")
-
-
-def one_device_no_scaler(trainer: L.Trainer) -> bool:
-    """One process on one device (no DDP), and a precision plugin with no loss scaler (not 16-mixed)."""
-    precision = trainer.strategy.precision_plugin
-    plain_precision = type(precision) is Precision or (
-        type(precision) is MixedPrecision and precision.scaler is None
-    )
-    return type(trainer.strategy) is SingleDeviceStrategy and plain_precision
-
-
-def backward_is_plain(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether Lightning's ``manual_backward`` would only call ``loss.backward()`` in this run.
-
-    It adds three things around the backward: the strategy's preparation (DDP's
-    ``prepare_for_backward``), the precision plugin's loss scaling (``16-mixed``), and the
-    ``on_before_backward`` / ``on_after_backward`` hooks of every callback and of the module. On one
-    device, with no loss scaler and no hook implemented by anyone, all three are no-ops, and their
-    dispatch alone (two rounds over every callback) cost about 0.2 ms per optimizer step on a 2-core
-    CPU, a tenth of a small network's step. A callback that implements either hook, a module that
-    overrides ``backward``, DDP or ``16-mixed`` each keep the full ``manual_backward``.
-    """
-    listeners = [*trainer.callbacks, module]  # type: ignore[attr-defined]  # set by the callback connector
-    return (
-        one_device_no_scaler(trainer)
-        and not is_overridden("backward", module)
-        and not any(is_overridden(hook, listener) for hook in BACKWARD_HOOKS for listener in listeners)
-    )
-
-
-def step_is_plain(trainer: L.Trainer, module: Classifier) -> bool:
-    """Whether the wrapped optimizer's ``step()`` would only clip and step the optimizer in this run.
-
-    Lightning's ``LightningOptimizer.step`` goes through the strategy and the precision plugin,
-    passes the update a closure that dispatches ``on_before_optimizer_step`` to every callback and
-    to the module (whose hook clips), starts and stops the profiler, and counts the step in the
-    manual-optimization progress (``global_step``). On one device, with no loss scaler, no profiler
-    and no callback implementing that hook, what is left is the count, the clip and the update,
-    which :meth:`Classifier.training_step` then does itself; the rest cost about 0.09 ms per
-    optimizer step on a 2-core CPU. A callback implementing the hook, a subclass overriding the
-    module's, a profiler, DDP or ``16-mixed`` each keep Lightning's path.
-    """
-    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by the callback connector
-    return (
-        one_device_no_scaler(trainer)
-        and isinstance(trainer.profiler, PassThroughProfiler)  # type: ignore[attr-defined]
-        and not is_overridden("on_before_optimizer_step", module, parent=Classifier)
-        and not any(is_overridden("on_before_optimizer_step", callback) for callback in callbacks)
-    )
