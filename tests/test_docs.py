@@ -13,7 +13,9 @@ from components.config import ModelsParams
 from components.models import REGISTRY
 from tests.conftest import REPO
 
-PAGES = sorted([REPO / "README.md", REPO / "BENCHMARKS.md", *(REPO / "docs").glob("*.md")])
+PAGES = sorted(
+    [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / "infra" / "README.md", *(REPO / "docs").glob("*.md")]
+)
 README_MAX_LINES = 260
 
 # [text](target) outside code; the target may carry a "#anchor" and an optional "title".
