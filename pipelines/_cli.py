@@ -14,10 +14,13 @@ from rich.markup import escape
 from components.config import ALL_ARCHITECTURES, Architecture, parse_yaml
 from components.errors import (
     EXIT_BAD_INPUT,
+    EXIT_NO_SPACE,
     EXIT_TRANSIENT,
+    NoSpaceError,
     ParamsError,
     PipelineError,
     TransientError,
+    no_space_error,
     record_exit_code,
 )
 
@@ -43,19 +46,26 @@ def set_offline_defaults() -> None:
 
 def run_stage(stage: str, body: Callable[[], T]) -> T:
     """Run ``body``; a :class:`PipelineError` becomes a one-paragraph message and an exit code:
-    75 when a service did not answer (worth a retry), 2 for bad input.
+    75 when a service did not answer (worth a retry), 74 when the disk is full, 2 for bad input.
 
     With ``PIPELINE_EXIT_CODE_DIR`` set (by :mod:`components.training.launch`, for ranks under
     ``torchrun``, which exits 1 whatever its workers exit with) the code is also recorded there.
     """
     set_offline_defaults()
     try:
-        return body()
+        try:
+            return body()
+        except OSError as exc:  # a full disk outside the atomic writers (a checkpoint, a log)
+            full = no_space_error(exc, getattr(exc, "filename", None) or stage)
+            if full is None:
+                raise
+            raise full from exc
     except PipelineError as exc:
         console.print(
             f"[bold red]{stage} failed:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         code = EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT
+        code = EXIT_NO_SPACE if isinstance(exc, NoSpaceError) else code
         record_exit_code(code)
         sys.exit(code)
 
