@@ -336,6 +336,7 @@ def _log_and_register(
         run_id = tracker.client.create_run(
             tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
         ).info.run_id
+    tracker.claim(run_id)  # start_run sets it RUNNING: name this process as the one holding it
     with tempfile.TemporaryDirectory() as tmp:
         networks = Path(tmp) / "networks"
         networks.mkdir()

@@ -53,6 +53,7 @@ from components.training.speed import (
     resolve_speed,
 )
 from components.training.trainer import build_trainer, checkpoint_callbacks
+from components.training.work_lock import finished_meanwhile, one_training_at_a_time, record_reuse
 
 RUN_FILE = "mlflow_run.json"
 # Settings that change how fast training runs but not what it computes (beyond rounding). A run
@@ -198,6 +199,10 @@ def train(
     with contextlib.ExitStack() as stack:
         run: TrackedRun | None = None
         if zero:
+            # One training of these settings at a time; one that waited reuses what the other wrote.
+            waited = stack.enter_context(one_training_at_a_time(Path(work_root), arch, key))
+            single = trainer.num_devices * trainer.num_nodes == 1  # other ranks could not skip fit
+            earlier = finished_meanwhile(out_dir, key, version) if waited and single else None
             code = code_tags(project_root)
             run_tags = {
                 "architecture": arch,
@@ -208,9 +213,13 @@ def train(
                 **(tags or {}),
             }
             tracker = Tracker.open(experiment_name(params), project_root)
+            pipeline = pipeline_key(params, version, code["git.commit"])
+            if earlier is not None:
+                found = tracker.existing_parent(pipeline, parent_run_id)
+                return TrainResult(out_dir, record_reuse(tracker, found, arch, out_dir, earlier), earlier)
             run_level = {"architecture", "train.fingerprint"}
             parent = tracker.parent_run(
-                pipeline_key(params, version, code["git.commit"]),
+                pipeline,
                 {k: v for k, v in run_tags.items() if k not in run_level},
                 given=parent_run_id,
             )
@@ -297,5 +306,5 @@ def train(
         }
         run.log_metrics(size)
         run.log_artifacts(out_dir, "model_files")
-    shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)  # while the lock is held
     return TrainResult(out_dir, run.run_id, info, global_rank=trainer.global_rank)
