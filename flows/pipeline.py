@@ -29,6 +29,7 @@ Run it: ``python -m flows.pipeline`` (ephemeral Prefect server unless ``PREFECT_
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import sys
@@ -116,7 +117,8 @@ def ephemeral_server_apart_from_ctrl_c() -> Iterator[None]:
     events to the gone server. Started here from a thread that blocks SIGINT (a child inherits the
     signal mask of the thread that starts it), the server outlives the Ctrl-C, the run is recorded
     as crashed, and Prefect stops the server when this process exits (SIGTERM). The flow reuses
-    it: Prefect keeps one ephemeral server per process.
+    it: Prefect keeps one ephemeral server per process. The start waits as long as
+    :func:`patient_ephemeral_server` says.
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
@@ -135,7 +137,13 @@ def ephemeral_server_apart_from_ctrl_c() -> Iterator[None]:
         except BaseException as exc:  # re-raised in the caller's thread
             failed.append(exc)
 
-    starter = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
+    # Prefect's settings (the startup timeout among them) live in a context variable, which a new
+    # thread does not inherit: without the copied context the server waited Prefect's 20 s.
+    with patient_ephemeral_server():
+        context = contextvars.copy_context()
+    starter = threading.Thread(
+        target=context.run, args=(start,), name="prefect-ephemeral-server", daemon=True
+    )
     starter.start()
     starter.join()
     if failed:
