@@ -413,11 +413,14 @@ def main(
 
     def body() -> None:
         overrides = key_overrides(set_ or [])
+        # Bad settings are refused in one line before Prefect's server starts (up to a minute).
+        chosen = list(arch) if arch else None
+        effective_params(project_root.resolve() / params_file, chosen, max_epochs, data_source, overrides)
         with patient_ephemeral_server(), ephemeral_server_apart_from_ctrl_c():
             training_pipeline(
                 project_root=str(project_root),
                 params_file=params_file,
-                architectures=list(arch) if arch else None,
+                architectures=chosen,
                 max_epochs=max_epochs,
                 data_source=data_source,
                 overrides=overrides or None,

@@ -3,9 +3,15 @@ not there or stops answering, signals while a call hangs, and what the flow reco
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from typing import Any
 
 import pytest
+
+from tests.conftest import REPO, Project
 
 
 def test_the_ephemeral_server_starter_thread_waits_the_projects_timeout_unless_the_user_set_one(
@@ -37,3 +43,30 @@ def test_the_ephemeral_server_starter_thread_waits_the_projects_timeout_unless_t
         ("prefect-ephemeral-server", EPHEMERAL_SERVER_STARTUP_TIMEOUT_S),
         ("prefect-ephemeral-server", 7),
     ]
+
+
+@pytest.mark.parametrize(
+    ("params", "options", "named"),
+    [
+        ({"train": {"max_epochs": 0}}, [], "train.max_epochs"),
+        ({}, ["--set", "train.batch_size=-4"], "train.batch_size"),
+    ],
+)
+def test_the_flow_cli_refuses_bad_settings_in_one_line_before_starting_prefects_server(
+    project: Project, params: dict[str, dict[str, Any]], options: list[str], named: str
+) -> None:
+    """`make run` with a bad params.yaml started Prefect's ephemeral server first (up to a minute on a
+    busy machine) and printed a Prefect traceback before the clean message."""
+    project.write_params(**params)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "PREFECT_LOGGING_LEVEL": "INFO"}
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--project-root", str(project.root), *options],
+        capture_output=True, text=True, env=env, timeout=240, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "flow failed:" in output, output
+    assert f"{named}: Input should be greater than" in output
+    assert "Traceback" not in output
+    assert "Starting temporary server" not in output  # what Prefect logs as it starts its server
