@@ -80,7 +80,11 @@ def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
     return isinstance(error, BaseException) and is_transient(error)
 
 
-RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": only_transient}
+# A stage that failed for a tracking server away is tried twice more, 5 and then 20 s later. With the
+# bounded MLflow retries (pipelines._cli.TRACKING_HTTP_DEFAULTS: about 65 s per call to a server
+# that went away) and Tracker.open's 15 s check on each retry, a server that does not come back
+# fails the flow in about 2 minutes (it took 12).
+RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 20], "retry_condition_fn": only_transient}
 
 # Seconds to wait for Prefect's ephemeral server (no PREFECT_API_URL) to answer. Prefect waits 20 s;
 # the first start on a fresh 2-core machine (bytecode not compiled yet, the server's imports and its
@@ -329,7 +333,9 @@ def training_pipeline(
     """Run the pipeline on ``params_file`` (relative to ``project_root``), with optional overrides
     of its keys (``overrides`` takes dotted keys, e.g. ``{"train.batch_size": 256}``)."""
     from components.tracking import Tracker, experiment_name
+    from pipelines._cli import set_offline_defaults
 
+    set_offline_defaults()  # bounded MLflow retries also where a worker runs the flow
     root = Path(project_root).resolve()
     settings = effective_params(root / params_file, architectures, max_epochs, data_source, overrides)
     run_id = str(flow_run.id or "local")
@@ -416,6 +422,9 @@ def main(
         # Bad settings are refused in one line before Prefect's server starts (up to a minute).
         chosen = list(arch) if arch else None
         effective_params(project_root.resolve() / params_file, chosen, max_epochs, data_source, overrides)
+        from components.tracking import ensure_reachable, tracking_uri
+
+        ensure_reachable(tracking_uri(project_root))  # a server that is not there: exit 75 in seconds
         with patient_ephemeral_server(), ephemeral_server_apart_from_ctrl_c():
             training_pipeline(
                 project_root=str(project_root),
