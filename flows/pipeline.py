@@ -73,6 +73,18 @@ FLOW_NAME = "training-pipeline"
 RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
 REGISTRATION = "reports/registration.json"
 
+# A flow run in which DVC found every stage up to date still has its parent run (opened before the
+# stages' status is known; it links the Prefect flow run and records that the commit was checked),
+# marked so that a user comparing runs filters it out: tags."pipeline.nothing_ran" != "true".
+NOTHING_RAN_TAG = "pipeline.nothing_ran"
+NOTHING_RAN_TAGS = {
+    NOTHING_RAN_TAG: "true",
+    "mlflow.note.content": (
+        "Nothing ran: every stage was up to date (DVC), so nothing was trained or evaluated; "
+        "registration only re-checked the existing versions and the champion."
+    ),
+}
+
 
 def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry a service that did not answer, never bad input or a bug."""
@@ -386,7 +398,10 @@ def training_pipeline(
     }
     stages = {**data_stages, **stage_runs}
     skipped = sorted(name for name, did in stages.items() if not did)
-    tracker.end_parent(parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none"})
+    nothing_ran = NOTHING_RAN_TAGS if not any(stages.values()) else {}
+    tracker.end_parent(
+        parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none", **nothing_ran}
+    )
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}
 
 
