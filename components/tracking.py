@@ -98,6 +98,48 @@ def fluent_tracking(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
+# How long Tracker.open tries to reach an http(s) tracking server before giving up: a server that is
+# not there is reported in seconds, not after MLflow's retries of every call.
+REACH_WITHIN_S = 15.0
+
+
+def ensure_reachable(uri: str, within_s: float = REACH_WITHIN_S) -> None:
+    """Raise :class:`TrackingUnavailable` naming ``uri`` and ``MLFLOW_TRACKING_URI`` unless the server
+    at an http(s) ``uri`` answers (any HTTP status: auth and TLS are MLflow's to check) within
+    ``within_s`` seconds. Other URIs (a SQLite file, Databricks) are left to MLflow."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import requests
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+            return
+        except requests.exceptions.SSLError:
+            return  # it answered
+        except requests.RequestException as exc:
+            if time.monotonic() + 1 >= deadline:
+                raise TrackingUnavailable(
+                    f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {_why(exc)} "
+                    f"for {within_s:g} s; start it, or unset MLFLOW_TRACKING_URI for the project's mlflow.db"
+                ) from None
+            time.sleep(1)
+
+
+def _why(exc: Exception) -> str:
+    import requests
+
+    text = str(exc).lower()
+    if isinstance(exc, requests.Timeout):
+        return "no answer"
+    if "connection refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+        return "unknown host"
+    return type(exc).__name__
+
+
 def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/"))
 
@@ -173,8 +215,10 @@ class Tracker:
 
     @classmethod
     def open(cls, experiment_name: str, project_root: Path | str = ".") -> Tracker:
-        """Connect and get (or create) ``experiment_name``. Raises :class:`TrackingError`."""
+        """Connect and get (or create) ``experiment_name``. Raises :class:`TrackingError`
+        (:class:`TrackingUnavailable` within :data:`REACH_WITHIN_S` for a server that is not there)."""
         uri = tracking_uri(project_root)
+        ensure_reachable(uri)
         client = MlflowClient(tracking_uri=uri)
         try:
             experiment = client.get_experiment_by_name(experiment_name)
