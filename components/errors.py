@@ -48,6 +48,11 @@ class TransientError(PipelineError):
     """A service the stage needs did not answer (tracking server down, timeout): worth a retry."""
 
 
+class Preempted(PipelineError):
+    """Stopped by SIGTERM (a scheduler preempting the job) or Ctrl-C, with its resume checkpoint kept:
+    nothing was recorded as done, and the same command run again resumes (exit code 143)."""
+
+
 # Exit codes of the stage CLIs, so a launcher can tell bad input from a service that was away.
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL

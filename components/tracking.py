@@ -31,7 +31,7 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from components.atomic import dumps_json
 from components.config import Params
-from components.errors import PipelineError, TransientError, is_transient
+from components.errors import PipelineError, Preempted, TransientError, is_transient
 from components.hashing import sha256_bytes
 from components.torch_turns import StopRequested
 
@@ -252,13 +252,13 @@ class Tracker:
     @contextlib.contextmanager
     def reopened(self, run_id: str, parent_id: str | None = None) -> Iterator[TrackedRun]:
         """Log more to an existing run; it ends FINISHED, KILLED if the body was interrupted (Ctrl-C,
-        a stopped flow), or FAILED if it raised anything else."""
+        SIGTERM, a stopped flow), or FAILED if it raised anything else."""
         run = TrackedRun(self.client, run_id)
         status = RunStatus.to_string(RunStatus.FAILED)
         try:
             yield run
             status = RunStatus.to_string(RunStatus.FINISHED)
-        except (KeyboardInterrupt, StopRequested):
+        except (KeyboardInterrupt, StopRequested, Preempted):
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
         finally:
