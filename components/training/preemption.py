@@ -25,13 +25,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 
 from components.errors import Preempted
 from components.torch_turns import StopRequested
+
+if TYPE_CHECKING:
+    import lightning as L
 
 STOP_REQUEST = 1 << 16  # above every signal number: a caller's stop check, not a signal
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
