@@ -234,7 +234,6 @@ class Tracker:
         resumed = bool(resume_run_id and self.run_exists(resume_run_id))
         if resume_run_id and resumed:
             run_id = resume_run_id
-            self.client.update_run(run_id, status="RUNNING")
             earlier = self.client.get_run(run_id).data.tags.get(PARENT_TAG)
             if parent_id and earlier != parent_id:
                 # Resumed by another pipeline run: the run moves under it (the earlier parent keeps
@@ -242,6 +241,8 @@ class Tracker:
                 self.client.set_tag(run_id, PARENT_TAG, parent_id)
                 if earlier:
                     self.client.set_tag(run_id, RESUMED_FROM_PARENT_TAG, earlier)
+            # RUNNING last, right before the block that ends it: a failure above leaves it as it was.
+            self.client.update_run(run_id, status="RUNNING")
         else:
             all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {})}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id

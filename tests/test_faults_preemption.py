@@ -269,13 +269,12 @@ def test_a_bad_resume_checkpoint_is_set_aside_said_and_training_recovers(
         run_train(callbacks=[CrashAt(7)])
     checkpoint = next(work.glob("train/mlp-*/checkpoints/last.ckpt"))
     previous = checkpoint.with_name(PREVIOUS_LAST)
-    assert previous.is_file()
-    previous_step = torch.load(previous, map_location="cpu", weights_only=True)["global_step"]
     marker = digits_project / f"payload-ran-{bad}"
     if bad == "random-bytes":
+        previous_step = torch.load(previous, map_location="cpu", weights_only=True)["global_step"]
         checkpoint.write_bytes(os.urandom(4096))
     else:
-        previous.unlink()
+        previous.unlink(missing_ok=True)
         checkpoint.write_bytes(pickle.dumps(_Payload(marker)))
     capfd.readouterr()
 
@@ -284,7 +283,7 @@ def test_a_bad_resume_checkpoint_is_set_aside_said_and_training_recovers(
     assert not marker.exists()
     (aside,) = (work / "train" / "discarded").glob(f"{checkpoint.parent.parent.name}-last.ckpt.bad-*")
     assert (out / "train_info.json").is_file()
-    assert result.info["resumed_from_step"] == (previous_step if bad == "random-bytes" else None)
+    assert result.info["resumed_from_step"] == (previous_step if bad == "random-bytes" else None)  # 3 or none
     (line,) = [line for line in err.splitlines() if "discarded resume checkpoint" in line]
     assert str(checkpoint) in line
     assert str(aside) in line
