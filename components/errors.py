@@ -91,6 +91,11 @@ def _no_space_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+class Preempted(PipelineError):
+    """Stopped by SIGTERM (a scheduler preempting the job) or Ctrl-C, with its resume checkpoint kept:
+    nothing was recorded as done, and the same command run again resumes (exit code 143)."""
+
+
 # Exit codes of the stage CLIs, so a launcher can tell bad input from a service that was away.
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
@@ -103,6 +108,15 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped by SIGTERM/SIGINT with a checkpoi
 # ``rank-<RANK>.exit`` (``RANK`` as torchrun sets it, 0 without one). See
 # :func:`record_exit_code` and :mod:`components.training.launch`.
 EXIT_CODE_DIR_ENV = "PIPELINE_EXIT_CODE_DIR"
+
+
+def exit_code(exc: PipelineError) -> int:
+    """The documented exit code of a stage that ended with ``exc``."""
+    if isinstance(exc, Preempted):
+        return EXIT_PREEMPTED
+    if isinstance(exc, NoSpaceError):
+        return EXIT_NO_SPACE
+    return EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT
 
 
 def record_exit_code(code: int) -> None:

@@ -37,7 +37,7 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from components.atomic import dumps_json
 from components.config import Params
-from components.errors import PipelineError, TransientError, is_transient
+from components.errors import PipelineError, Preempted, TransientError, is_transient
 from components.hashing import sha256_bytes
 from components.processes import ProcessRef, is_gone, say, this_process
 from components.torch_turns import StopRequested
@@ -295,7 +295,6 @@ class Tracker:
         if resume_run_id and resumed:
             run_id = resume_run_id
             self.claim(run_id)  # first: a RUNNING run naming a dead process would be ended by others
-            self.client.update_run(run_id, status="RUNNING")
             earlier = self.client.get_run(run_id).data.tags.get(PARENT_TAG)
             if parent_id and earlier != parent_id:
                 # Resumed by another pipeline run: the run moves under it (the earlier parent keeps
@@ -303,6 +302,8 @@ class Tracker:
                 self.client.set_tag(run_id, PARENT_TAG, parent_id)
                 if earlier:
                     self.client.set_tag(run_id, RESUMED_FROM_PARENT_TAG, earlier)
+            # RUNNING last, right before the block that ends it: a failure above leaves it as it was.
+            self.client.update_run(run_id, status="RUNNING")
         else:
             all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {}), **_this_process()}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
@@ -313,13 +314,13 @@ class Tracker:
     @contextlib.contextmanager
     def reopened(self, run_id: str, parent_id: str | None = None) -> Iterator[TrackedRun]:
         """Log more to an existing run; it ends FINISHED, KILLED if the body was interrupted (Ctrl-C,
-        a stopped flow), or FAILED if it raised anything else."""
+        SIGTERM, a stopped flow), or FAILED if it raised anything else."""
         run = TrackedRun(self.client, run_id)
         status = RunStatus.to_string(RunStatus.FAILED)
         try:
             yield run
             status = RunStatus.to_string(RunStatus.FINISHED)
-        except (KeyboardInterrupt, StopRequested):
+        except (KeyboardInterrupt, StopRequested, Preempted):
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
         finally:

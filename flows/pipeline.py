@@ -405,6 +405,16 @@ def training_pipeline(
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}
 
 
+def _sigterm_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (a preempted job) stops the flow as Ctrl-C does; once stopping, later ones wait for it.
+
+    During the flow run Prefect's own handler takes SIGTERM first and, after the flow stopped its
+    branches, sends it again to reach this one: then it must not interrupt the shutdown.
+    """
+    if not stop_requested():
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
@@ -426,8 +436,14 @@ def main(
     ] = None,
     summary: Annotated[bool, typer.Option(help="Print the results table at the end.")] = True,
 ) -> None:
-    """Run the flow once, now, and print the results table."""
-    from pipelines._cli import key_overrides, run_stage, set_offline_defaults
+    """Run the flow once, now, and print the results table.
+
+    SIGTERM or Ctrl-C stop it (each training writes its resume checkpoint first) with exit code 143.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from components.errors import EXIT_PREEMPTED
+    from pipelines._cli import console, key_overrides, run_stage, set_offline_defaults
 
     set_offline_defaults()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
@@ -454,7 +470,13 @@ def main(
 
             print_summary(project_root / params_file, project_root, architectures=arch or None)
 
-    run_stage("flow", body)
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    try:
+        run_stage("flow", body)
+    except (KeyboardInterrupt, TerminationSignal):
+        request_stop()  # the worker threads' trainings stop at their next step; exit waits for them
+        console.print("flow stopped: run it again to resume", highlight=False)
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

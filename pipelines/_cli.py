@@ -18,14 +18,11 @@ from rich.markup import escape
 
 from components.config import ALL_ARCHITECTURES, Architecture, parse_yaml
 from components.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_NO_SPACE,
     EXIT_PREEMPTED,
-    EXIT_TRANSIENT,
-    NoSpaceError,
     ParamsError,
     PipelineError,
-    TransientError,
+    Preempted,
+    exit_code,
     no_space_error,
     record_exit_code,
 )
@@ -141,7 +138,8 @@ def _stop_prefect_ephemeral_server() -> None:
 
 def run_stage(stage: str, body: Callable[[], T]) -> T:
     """Run ``body``; a :class:`PipelineError` becomes a one-paragraph message and an exit code:
-    75 when a service did not answer (worth a retry), 74 when the disk is full, 2 for bad input.
+    143 when stopped by SIGTERM/Ctrl-C with its checkpoint kept (run again to resume), 75 when a
+    service did not answer (worth a retry), 74 when the disk is full, 2 for bad input.
 
     With ``PIPELINE_EXIT_CODE_DIR`` set (by :mod:`components.training.launch`, for ranks under
     ``torchrun``, which exits 1 whatever its workers exit with) the code is also recorded there.
@@ -157,11 +155,11 @@ def run_stage(stage: str, body: Callable[[], T]) -> T:
                 raise
             raise full from exc
     except PipelineError as exc:
+        what = "stopped" if isinstance(exc, Preempted) else "failed"
         console.print(
-            f"[bold red]{stage} failed:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+            f"[bold red]{stage} {what}:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
-        code = EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT
-        code = EXIT_NO_SPACE if isinstance(exc, NoSpaceError) else code
+        code = exit_code(exc)
         record_exit_code(code)
         sys.exit(code)
 
