@@ -15,7 +15,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Never fetch a Python interpreter: use the machine's.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install postgres run test lint format clean
+.PHONY: install postgres run test lint format docs clean
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv \
@@ -47,6 +47,10 @@ lint: install
 format: install
 	$(UV) run ruff format .
 	$(UV) run ruff check --fix .
+
+# docs/params.md is generated from the params schema (components/config.py); a test checks it.
+docs: install
+	$(UV) run python -m components.params_doc
 
 clean:
 	rm -rf data/raw data/prepared .pytest_cache .ruff_cache

@@ -7,6 +7,10 @@ and only then deletes the old one. The two renames happen under an exclusive ``f
 parent folder, so two writers of the same output (a flow run and a ``dvc repro``, say) never
 interleave; if a process dies between the two renames, the next writer restores the old version
 first (:func:`_recover`). Temporary folders of writers that still run are left alone.
+
+A full disk while writing is a :class:`~components.errors.NoSpaceError` naming the path (the
+previous version stays). The ``.gitignore`` DVC keeps in the parent folder of file outputs
+(``reports/<arch>/``) is carried into the new folder (:data:`KEPT_FILES`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from components.errors import no_space_error
+
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
 _ACTIVE: set[Path] = set()
 """Temporary folders this process is writing right now (other threads' included)."""
+KEPT_FILES = (".gitignore",)
+"""Files of the replaced folder that the new one keeps unless the block wrote its own: DVC writes
+a ``.gitignore`` listing the outputs into the folder holding file outputs (``reports/<arch>/``),
+and without it git shows them as untracked. Only that: any other old file may be a stale output."""
 
 
 def _sibling(target: Path, tag: str) -> Path:
@@ -92,21 +102,31 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     tmp = _sibling(target, _TMP_TAG)
     tmp.mkdir()  # honours the umask, like the folder it replaces
     _ACTIVE.add(tmp)
+    old = _sibling(target, _OLD_TAG)
     try:
         try:
             yield tmp
-        except BaseException:
+            with _locked(target):
+                _keep_files(target, tmp)
+                if target.exists():
+                    target.rename(old)
+                tmp.rename(target)
+        except BaseException as exc:  # nothing replaced target (_recover undoes a half-done swap)
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception) and (full := no_space_error(exc, target)) is not None:
+                raise full from exc
             raise
-        old = _sibling(target, _OLD_TAG)
-        with _locked(target):
-            if target.exists():
-                target.rename(old)
-            tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(target.parent)
     finally:
         _ACTIVE.discard(tmp)
+
+
+def _keep_files(target: Path, tmp: Path) -> None:
+    """Copy :data:`KEPT_FILES` of the folder being replaced into ``tmp`` (unless written there)."""
+    for name in KEPT_FILES:
+        if (target / name).is_file() and not (tmp / name).exists():
+            shutil.copy2(target / name, tmp / name)
 
 
 def current_umask() -> int:
@@ -128,9 +148,11 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, Exception) and (full := no_space_error(exc, path)) is not None:
+            raise full from exc
         raise
 
 

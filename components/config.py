@@ -37,22 +37,29 @@ class Section(BaseModel):
     """Base for every section: unknown keys, type coercion and ``.inf``/``.nan`` are errors, values
     are frozen. (An infinite learning rate would train to NaN weights without a single error.)"""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    # The docstring under each field is its description: docs/params.md is generated from them.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class DataParams(Section):
     """Where the images come from (read by the ``ingest`` stage)."""
 
     source: DataSource = "digits"
-    """Dataset kind. ``digits`` is scikit-learn's bundled 8x8 digits and needs no files."""
+    """Dataset kind: ``digits`` (scikit-learn's bundled 8x8 digits, 1,797 images, no files needed),
+    ``mnist``, ``fashion_mnist``, ``kmnist`` (torchvision's files under a local root), ``idx`` (a
+    folder of IDX image/label pairs), ``imagefolder`` (one sub-folder of PNG/JPEG images per class)
+    or ``npz`` (arrays ``x``/``y``, optional ``x_test``/``y_test``). See docs/data-sources.md."""
     path: str = "data/source"
-    """Folder holding the files of a file-based source (ignored by ``digits``)."""
+    """Folder holding the files of a file-based source, relative to ``params.yaml`` or absolute; a
+    DVC dependency of ``ingest``; ignored by ``digits``."""
     download: bool = False
-    """Let torchvision download ``mnist``/``fashion_mnist``/``kmnist`` into ``path``; off by
-    default so that nothing reaches the network unless asked."""
+    """Let torchvision download ``mnist``/``fashion_mnist``/``kmnist`` into ``path``: the only
+    network access the project makes, so off unless asked."""
     num_classes: PositiveInt | None = None
-    """Number of classes for ``idx``/``npz`` labels (0..num_classes-1). ``None``: the sources
-    with a fixed label set use it (10 for the digit sets); ``idx``/``npz`` use max label + 1."""
+    """Number of classes for ``idx``/``npz`` labels (0..num_classes-1). ``null``: fixed by the
+    source (10 for the digit sets, one per folder for ``imagefolder``), else max label + 1."""
 
 
 class PreprocessParams(Section):
@@ -88,13 +95,14 @@ class TrainParams(Section):
     """Training settings shared by every architecture (read by the ``train`` stages)."""
 
     architectures: Annotated[list[Architecture], Field(min_length=1)] = list(ALL_ARCHITECTURES)
-    """Architectures to train; each one is a parallel branch of the pipeline."""
+    """Architectures to train, one ``train@``/``evaluate@`` stage pair each, in this order; no
+    repeats."""
     seed: Seed = 0
     """Seed of weight initialisation, batch order and dropout."""
     max_epochs: PositiveInt = 40
-    """Upper bound on training epochs."""
+    """Upper bound on training epochs (early stopping may end sooner)."""
     batch_size: PositiveInt = 128
-    """Training batch size (per device)."""
+    """Training batch size per device; the global batch is ``batch_size * devices * num_nodes``."""
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     """Adam learning rate."""
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
@@ -109,7 +117,8 @@ class TrainParams(Section):
     """Devices (processes) per node (Lightning ``devices``). Under ``torchrun``/``srun`` it must equal
     the processes started per node; ``auto`` is every GPU of the node, or one CPU process."""
     num_nodes: PositiveInt = 1
-    """Nodes taking part (Lightning ``num_nodes``); ``devices * num_nodes`` is the world size."""
+    """Nodes taking part (Lightning ``num_nodes``); ``devices * num_nodes`` is the world size
+    (docs/cluster.md)."""
     strategy: Strategy = "auto"
     """Lightning strategy: ``auto`` (one device: none; several: DDP) or ``ddp``. Data-parallel only:
     every rank holds the whole model, the global batch is ``batch_size * devices * num_nodes``."""
@@ -129,7 +138,7 @@ class TrainParams(Section):
     """Keep the prepared tensors on the training device and slice batches there (no per-sample
     ``DataLoader`` work). ``false`` streams batches through a ``DataLoader`` with workers."""
     num_workers: Annotated[int, Field(ge=0)] = 2
-    """``DataLoader`` worker processes when ``in_memory`` is false."""
+    """``DataLoader`` worker processes when ``in_memory`` is false; ignored otherwise."""
     steps_per_call: PositiveInt = 16
     """Optimizer steps per Lightning ``training_step`` call: each call trains on this many
     consecutive mini-batches, one optimizer step each. The batches, their order and the weights are
@@ -156,7 +165,9 @@ class MLPParams(Section):
 
 
 class CNNParams(Section):
-    """``cnn``: conv 3x3 -> pool 2 -> conv 3x3 -> pool 2 -> dense -> classes."""
+    """``cnn``: [conv 3x3 -> ReLU -> max-pool 2] per entry of ``channels`` -> dense -> classes.
+    Valid convolutions while every stage keeps at least a 2x2 map (28x28: 28 -> 26 -> 13 -> 11 ->
+    5), "same" padding otherwise (8x8: 8 -> 4 -> 2), decided from the input shape."""
 
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
     """Output channels of each 3x3 convolution (each followed by ReLU and 2x2 max-pooling)."""
@@ -176,7 +187,7 @@ class LSTMParams(Section):
     dense_size: PositiveInt = 64
     """Width of the dense layer on the last hidden state."""
     vocab_size: PositiveInt | None = None
-    """Token input: vocabulary size of the embedding; ``None`` for images (rows as time steps)."""
+    """Token input: vocabulary size of the embedding; ``null`` for images (rows as time steps)."""
     embedding_dim: PositiveInt = 32
     """Token input: embedding width."""
 
@@ -187,7 +198,7 @@ class TransformerParams(Section):
     patch_size: PositiveInt = 4
     """Side of the square image patches (images are zero-padded to a multiple of it)."""
     d_model: PositiveInt = 64
-    """Embedding width."""
+    """Embedding width; divisible by ``num_heads``."""
     num_heads: PositiveInt = 8
     """Attention heads per layer."""
     num_layers: PositiveInt = 2
@@ -199,7 +210,7 @@ class TransformerParams(Section):
     pool: Literal["mean", "cls"] = "mean"
     """Sequence pooling: mean over positions, or a learned class token."""
     vocab_size: PositiveInt | None = None
-    """Token input: vocabulary size; ``None`` for images (patches)."""
+    """Token input: vocabulary size; ``null`` for images (patches)."""
     max_seq_len: PositiveInt = 256
     """Token input: longest sequence (size of the position table)."""
 
@@ -230,7 +241,8 @@ class RegisterParams(Section):
     """Model-registry settings (read by the ``register`` stage)."""
 
     model_name: str | None = None
-    """Registered model name; ``None`` means ``<data.source>-classifier``."""
+    """Registered model name; ``null`` means ``<data.source>-classifier`` (one registered model
+    per dataset)."""
     metric: Literal["test_accuracy", "test_f1_macro"] = "test_accuracy"
     """Metric that decides whether a new version becomes ``champion``."""
 
@@ -239,18 +251,20 @@ class MLflowParams(Section):
     """Tracking settings. The server itself comes from ``MLFLOW_TRACKING_URI``."""
 
     experiment_name: str | None = None
-    """Experiment name; ``None`` means one experiment per dataset, named after ``data.source``."""
+    """Experiment name; ``null`` means one experiment per dataset, named after ``data.source``."""
 
 
 class ScheduleParams(Section):
     """When the deployed flow runs (read by ``flows.deploy``, not by any DVC stage)."""
 
     cron: str = "0 3 * * *"
-    """Cron expression of the deployment's schedule (default: every day at 03:00)."""
+    """Cron expression of the deployment's schedule (the default: every day at 03:00); nicknames
+    such as ``@daily`` too. Checked when params load, by Prefect's rule, so every stage refuses one
+    Prefect would refuse."""
     timezone: str = "UTC"
     """IANA time zone the cron expression is read in."""
     deployment_name: Annotated[str, Field(min_length=1)] = "scheduled"
-    """Name of the deployment (``<flow name>/<deployment name>`` in Prefect)."""
+    """Name of the deployment: ``training-pipeline/<deployment_name>`` in Prefect."""
 
     @field_validator("cron")
     @classmethod
@@ -393,7 +407,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     key = ".".join(str(part) for part in loc) or "<top level>"
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
-        allowed = ", ".join(parent.model_fields) if parent else "see the README"
+        allowed = ", ".join(parent.model_fields) if parent else "see docs/params.md"
         return f"{key}: unknown key (allowed keys here: {allowed})"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] in {"model_type", "model_attributes_type", "dict_type"}:

@@ -7,6 +7,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -48,6 +49,53 @@ class TransientError(PipelineError):
     """A service the stage needs did not answer (tracking server down, timeout): worth a retry."""
 
 
+class NoSpaceError(PipelineError):
+    """The disk filled up while a stage wrote its output; the previous output was left as it was."""
+
+
+# How a full disk reads in errors that carry only a message (safetensors' Rust io::Error).
+_NO_SPACE = ("no space left on device", "os error 28", "storagefull")
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk: ``ENOSPC``, or a library's message saying so."""
+    return _no_space_cause(exc) is not None
+
+
+def no_space_error(exc: BaseException, path: Path | str) -> NoSpaceError | None:
+    """``exc`` as a :class:`NoSpaceError` naming ``path`` (the output being written) when it is a
+    full disk (:func:`is_no_space`); ``None`` otherwise."""
+    cause = _no_space_cause(exc)
+    if cause is None or isinstance(cause, NoSpaceError):
+        return cause
+    file = Path(str(getattr(cause, "filename", None) or path)).name
+    writing = f" (writing {file})" if file != Path(path).name else ""
+    return NoSpaceError(
+        f"{path}: no space left on device{writing}; the previous output was left as it was: "
+        "free some space and run the stage again"
+    )
+
+
+def _no_space_cause(exc: BaseException) -> BaseException | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NoSpaceError):
+            return current
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        if any(marker in str(current).lower() for marker in _NO_SPACE):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class Preempted(PipelineError):
+    """Stopped by SIGTERM (a scheduler preempting the job) or Ctrl-C, with its resume checkpoint kept:
+    nothing was recorded as done, and the same command run again resumes (exit code 143)."""
+
+
 # Exit codes of the stage CLIs, so a launcher can tell bad input from a service that was away.
 EXIT_BAD_INPUT = 2
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL
@@ -60,6 +108,15 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: stopped by SIGTERM/SIGINT with a checkpoi
 # ``rank-<RANK>.exit`` (``RANK`` as torchrun sets it, 0 without one). See
 # :func:`record_exit_code` and :mod:`components.training.launch`.
 EXIT_CODE_DIR_ENV = "PIPELINE_EXIT_CODE_DIR"
+
+
+def exit_code(exc: PipelineError) -> int:
+    """The documented exit code of a stage that ended with ``exc``."""
+    if isinstance(exc, Preempted):
+        return EXIT_PREEMPTED
+    if isinstance(exc, NoSpaceError):
+        return EXIT_NO_SPACE
+    return EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_BAD_INPUT
 
 
 def record_exit_code(code: int) -> None:

@@ -12,6 +12,12 @@
   follows its children (FAILED if any failed, RUNNING while any runs).
 - Metrics are logged once per epoch in one asynchronous batch; :meth:`TrackedRun.flush` waits for
   them before the run is closed.
+- Every run the project starts or reopens names the process that holds it open (tags
+  ``process.host``, ``process.pid``, ``process.started``, ``process.pid_namespace``). A process
+  killed outright (SIGKILL, out of memory) cannot end its run, so :meth:`Tracker.open` marks the
+  experiment's RUNNING runs whose process of this host is gone KILLED, and settles their parents.
+  Runs of live processes and of other hosts are left alone; a resumed training reopens its run
+  whatever its status.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from components.atomic import dumps_json
 from components.config import Params
-from components.errors import PipelineError, TransientError, is_transient
+from components.errors import PipelineError, Preempted, TransientError, is_transient
 from components.hashing import sha256_bytes
+from components.processes import ProcessRef, is_gone, say, this_process
 from components.torch_turns import StopRequested
 
 DEFAULT_DB = "mlflow.db"
@@ -41,6 +48,7 @@ PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
 RESUMED_FROM_PARENT_TAG = "pipeline.resumed_from_parent"
 KEY_TAG = "pipeline.key"
+PROCESS_PREFIX = "process."  # process.host, process.pid, process.started, process.pid_namespace
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
 
 
@@ -88,6 +96,48 @@ def fluent_tracking(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
+# How long Tracker.open tries to reach an http(s) tracking server before giving up: a server that is
+# not there is reported in seconds, not after MLflow's retries of every call.
+REACH_WITHIN_S = 15.0
+
+
+def ensure_reachable(uri: str, within_s: float = REACH_WITHIN_S) -> None:
+    """Raise :class:`TrackingUnavailable` naming ``uri`` and ``MLFLOW_TRACKING_URI`` unless the server
+    at an http(s) ``uri`` answers (any HTTP status: auth and TLS are MLflow's to check) within
+    ``within_s`` seconds. Other URIs (a SQLite file, Databricks) are left to MLflow."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import requests
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+            return
+        except requests.exceptions.SSLError:
+            return  # it answered
+        except requests.RequestException as exc:
+            if time.monotonic() + 1 >= deadline:
+                raise TrackingUnavailable(
+                    f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {_why(exc)} "
+                    f"for {within_s:g} s; start it, or unset MLFLOW_TRACKING_URI for the project's mlflow.db"
+                ) from None
+            time.sleep(1)
+
+
+def _why(exc: Exception) -> str:
+    import requests
+
+    text = str(exc).lower()
+    if isinstance(exc, requests.Timeout):
+        return "no answer"
+    if "connection refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+        return "unknown host"
+    return type(exc).__name__
 
 
 def _is_local(uri: str) -> bool:
@@ -165,13 +215,17 @@ class Tracker:
 
     @classmethod
     def open(cls, experiment_name: str, project_root: Path | str = ".") -> Tracker:
-        """Connect and get (or create) ``experiment_name``. Raises :class:`TrackingError`."""
+        """Connect and get (or create) ``experiment_name``. Raises :class:`TrackingError`
+        (:class:`TrackingUnavailable` within :data:`REACH_WITHIN_S` for a server that is not there)."""
         uri = tracking_uri(project_root)
+        ensure_reachable(uri)
         client = MlflowClient(tracking_uri=uri)
         try:
             experiment = client.get_experiment_by_name(experiment_name)
             if experiment is not None:
-                return cls(client, uri, experiment.experiment_id)
+                tracker = cls(client, uri, experiment.experiment_id)
+                tracker.end_runs_of_gone_processes()
+                return tracker
             location = (Path(project_root) / DEFAULT_ARTIFACTS).resolve().as_uri() if _is_local(uri) else None
             try:
                 experiment_id = client.create_experiment(experiment_name, artifact_location=location)
@@ -187,23 +241,29 @@ class Tracker:
     def parent_run(self, key: str, tags: Mapping[str, str], given: str | None = None) -> str:
         """The parent run: ``given`` (a flow's own parent), else ``PIPELINE_PARENT_RUN_ID`` if set,
         else the run tagged with ``key`` (created the first time)."""
+        found = self.existing_parent(key, given)
+        if found:
+            return found
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"pipeline-{key[:8]}", tags={**tags, KEY_TAG: key, **_this_process()}
+        )
+        return run.info.run_id
+
+    def existing_parent(self, key: str, given: str | None = None) -> str | None:
+        """The parent :meth:`parent_run` would return, without creating one: None if there is none yet."""
         given = (given or os.environ.get(PARENT_ENV, "")).strip()
         if given:
             return given
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1
         )
-        if found:
-            return found[0].info.run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"pipeline-{key[:8]}", tags={**tags, KEY_TAG: key}
-        )
-        return run.info.run_id
+        return found[0].info.run_id if found else None
 
     def start_parent(self, name: str, tags: Mapping[str, str]) -> str:
         """A new parent run owned by the caller (a flow run), which ends it with :meth:`end_parent`."""
         try:
-            return self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags)).info.run_id
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **_this_process()})
+            return run.info.run_id
         except MlflowException as exc:
             raise tracking_error(self.uri, exc) from exc
 
@@ -234,7 +294,7 @@ class Tracker:
         resumed = bool(resume_run_id and self.run_exists(resume_run_id))
         if resume_run_id and resumed:
             run_id = resume_run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self.claim(run_id)  # first: a RUNNING run naming a dead process would be ended by others
             earlier = self.client.get_run(run_id).data.tags.get(PARENT_TAG)
             if parent_id and earlier != parent_id:
                 # Resumed by another pipeline run: the run moves under it (the earlier parent keeps
@@ -242,8 +302,10 @@ class Tracker:
                 self.client.set_tag(run_id, PARENT_TAG, parent_id)
                 if earlier:
                     self.client.set_tag(run_id, RESUMED_FROM_PARENT_TAG, earlier)
+            # RUNNING last, right before the block that ends it: a failure above leaves it as it was.
+            self.client.update_run(run_id, status="RUNNING")
         else:
-            all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {})}
+            all_tags = {**tags, **({PARENT_TAG: parent_id} if parent_id else {}), **_this_process()}
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
         with self.reopened(run_id, parent_id) as run:
             run.resumed = resumed
@@ -252,13 +314,13 @@ class Tracker:
     @contextlib.contextmanager
     def reopened(self, run_id: str, parent_id: str | None = None) -> Iterator[TrackedRun]:
         """Log more to an existing run; it ends FINISHED, KILLED if the body was interrupted (Ctrl-C,
-        a stopped flow), or FAILED if it raised anything else."""
+        SIGTERM, a stopped flow), or FAILED if it raised anything else."""
         run = TrackedRun(self.client, run_id)
         status = RunStatus.to_string(RunStatus.FAILED)
         try:
             yield run
             status = RunStatus.to_string(RunStatus.FINISHED)
-        except (KeyboardInterrupt, StopRequested):
+        except (KeyboardInterrupt, StopRequested, Preempted):
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
         finally:
@@ -268,18 +330,73 @@ class Tracker:
             if parent_id:
                 self._settle_parent(parent_id)
 
-    def _settle_parent(self, parent_id: str) -> None:
+    def claim(self, run_id: str) -> None:
+        """Record this process as the one holding ``run_id`` open (before it is set RUNNING again)."""
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _this_process().items()])
+
+    def end_runs_of_gone_processes(self) -> list[str]:
+        """Mark KILLED the RUNNING runs of this experiment whose process (of this host) is gone, and
+        settle their parents; returns their ids. A failure here never stops the caller's stage."""
+        try:
+            return self._end_runs_of_gone_processes()
+        except MlflowException as exc:
+            say(f"MLflow: could not look for runs left RUNNING by killed processes: {exc.message}")
+            return []
+
+    def _end_runs_of_gone_processes(self) -> list[str]:
+        host = this_process().host.replace("'", "")
+        running = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{PROCESS_PREFIX}host` = '{host}'",
+            max_results=1000,
+        )
+        ended, parents = [], set()
+        for run in (run for run in running if _gone(run.data.tags)):
+            if KEY_TAG in run.data.tags:  # a dvc repro parent: its status follows its children
+                parents.add(run.info.run_id)
+                continue
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+            if PARENT_TAG in run.data.tags:
+                parents.add(run.data.tags[PARENT_TAG])
+        for parent_id in sorted(parents):
+            parent = self.client.get_run(parent_id)
+            # A parent of a live flow is left to the flow, which ends it when its work is done.
+            if parent.info.status == "RUNNING" and (KEY_TAG in parent.data.tags or _gone(parent.data.tags)):
+                self._settle_parent(parent_id, empty="KILLED")
+                if self.client.get_run(parent_id).info.status != "RUNNING":
+                    ended.append(parent_id)
+        if ended:
+            say(
+                f"MLflow: {len(ended)} run(s) left RUNNING by processes of this host that are gone, now "
+                f"KILLED (parent runs follow their children): {', '.join(ended)}"
+            )
+        return ended
+
+    def _settle_parent(self, parent_id: str, empty: str = "FINISHED") -> None:
         """Parent status from its children: RUNNING while any runs, else FAILED if any failed, else
         KILLED if any was interrupted, else FINISHED."""
         children = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=1000
         )
         statuses = {child.info.status for child in children}
+        if not statuses:
+            self.client.set_terminated(parent_id, empty)
+            return
         if "RUNNING" in statuses:
             self.client.update_run(parent_id, status="RUNNING")
             return
         ended = next((status for status in ("FAILED", "KILLED") if status in statuses), "FINISHED")
         self.client.set_terminated(parent_id, ended)
+
+
+def _this_process() -> dict[str, str]:
+    return this_process().tags(PROCESS_PREFIX)
+
+
+def _gone(tags: Mapping[str, str]) -> bool:
+    process = ProcessRef.from_tags(tags, PROCESS_PREFIX)
+    return process is not None and is_gone(process)
 
 
 @dataclass

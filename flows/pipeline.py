@@ -29,6 +29,7 @@ Run it: ``python -m flows.pipeline`` (ephemeral Prefect server unless ``PREFECT_
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import sys
@@ -72,6 +73,18 @@ FLOW_NAME = "training-pipeline"
 RAW, PREPARED, MODELS, REPORTS, WORK = "data/raw", "data/prepared", "models", "reports", ".work"
 REGISTRATION = "reports/registration.json"
 
+# A flow run in which DVC found every stage up to date still has its parent run (opened before the
+# stages' status is known; it links the Prefect flow run and records that the commit was checked),
+# marked so that a user comparing runs filters it out: tags."pipeline.nothing_ran" != "true".
+NOTHING_RAN_TAG = "pipeline.nothing_ran"
+NOTHING_RAN_TAGS = {
+    NOTHING_RAN_TAG: "true",
+    "mlflow.note.content": (
+        "Nothing ran: every stage was up to date (DVC), so nothing was trained or evaluated; "
+        "registration only re-checked the existing versions and the champion."
+    ),
+}
+
 
 def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry a service that did not answer, never bad input or a bug."""
@@ -79,7 +92,11 @@ def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
     return isinstance(error, BaseException) and is_transient(error)
 
 
-RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": only_transient}
+# A stage that failed for a tracking server away is tried twice more, 5 and then 20 s later. With the
+# bounded MLflow retries (pipelines._cli.TRACKING_HTTP_DEFAULTS: about 65 s per call to a server
+# that went away) and Tracker.open's 15 s check on each retry, a server that does not come back
+# fails the flow in about 2 minutes (it took 12).
+RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 20], "retry_condition_fn": only_transient}
 
 # Seconds to wait for Prefect's ephemeral server (no PREFECT_API_URL) to answer. Prefect waits 20 s;
 # the first start on a fresh 2-core machine (bytecode not compiled yet, the server's imports and its
@@ -116,7 +133,8 @@ def ephemeral_server_apart_from_ctrl_c() -> Iterator[None]:
     events to the gone server. Started here from a thread that blocks SIGINT (a child inherits the
     signal mask of the thread that starts it), the server outlives the Ctrl-C, the run is recorded
     as crashed, and Prefect stops the server when this process exits (SIGTERM). The flow reuses
-    it: Prefect keeps one ephemeral server per process.
+    it: Prefect keeps one ephemeral server per process. The start waits as long as
+    :func:`patient_ephemeral_server` says.
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
@@ -135,7 +153,13 @@ def ephemeral_server_apart_from_ctrl_c() -> Iterator[None]:
         except BaseException as exc:  # re-raised in the caller's thread
             failed.append(exc)
 
-    starter = threading.Thread(target=start, name="prefect-ephemeral-server", daemon=True)
+    # Prefect's settings (the startup timeout among them) live in a context variable, which a new
+    # thread does not inherit: without the copied context the server waited Prefect's 20 s.
+    with patient_ephemeral_server():
+        context = contextvars.copy_context()
+    starter = threading.Thread(
+        target=context.run, args=(start,), name="prefect-ephemeral-server", daemon=True
+    )
     starter.start()
     starter.join()
     if failed:
@@ -321,7 +345,9 @@ def training_pipeline(
     """Run the pipeline on ``params_file`` (relative to ``project_root``), with optional overrides
     of its keys (``overrides`` takes dotted keys, e.g. ``{"train.batch_size": 256}``)."""
     from components.tracking import Tracker, experiment_name
+    from pipelines._cli import set_offline_defaults
 
+    set_offline_defaults()  # bounded MLflow retries also where a worker runs the flow
     root = Path(project_root).resolve()
     settings = effective_params(root / params_file, architectures, max_epochs, data_source, overrides)
     run_id = str(flow_run.id or "local")
@@ -372,8 +398,21 @@ def training_pipeline(
     }
     stages = {**data_stages, **stage_runs}
     skipped = sorted(name for name, did in stages.items() if not did)
-    tracker.end_parent(parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none"})
+    nothing_ran = NOTHING_RAN_TAGS if not any(stages.values()) else {}
+    tracker.end_parent(
+        parent, succeeded=True, tags={"pipeline.skipped_stages": ",".join(skipped) or "none", **nothing_ran}
+    )
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}
+
+
+def _sigterm_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (a preempted job) stops the flow as Ctrl-C does; once stopping, later ones wait for it.
+
+    During the flow run Prefect's own handler takes SIGTERM first and, after the flow stopped its
+    branches, sends it again to reach this one: then it must not interrupt the shutdown.
+    """
+    if not stop_requested():
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -397,19 +436,31 @@ def main(
     ] = None,
     summary: Annotated[bool, typer.Option(help="Print the results table at the end.")] = True,
 ) -> None:
-    """Run the flow once, now, and print the results table."""
-    from pipelines._cli import key_overrides, run_stage, set_offline_defaults
+    """Run the flow once, now, and print the results table.
+
+    SIGTERM or Ctrl-C stop it (each training writes its resume checkpoint first) with exit code 143.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from components.errors import EXIT_PREEMPTED
+    from pipelines._cli import console, key_overrides, run_stage, set_offline_defaults
 
     set_offline_defaults()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
     def body() -> None:
         overrides = key_overrides(set_ or [])
+        # Bad settings are refused in one line before Prefect's server starts (up to a minute).
+        chosen = list(arch) if arch else None
+        effective_params(project_root.resolve() / params_file, chosen, max_epochs, data_source, overrides)
+        from components.tracking import ensure_reachable, tracking_uri
+
+        ensure_reachable(tracking_uri(project_root))  # a server that is not there: exit 75 in seconds
         with patient_ephemeral_server(), ephemeral_server_apart_from_ctrl_c():
             training_pipeline(
                 project_root=str(project_root),
                 params_file=params_file,
-                architectures=list(arch) if arch else None,
+                architectures=chosen,
                 max_epochs=max_epochs,
                 data_source=data_source,
                 overrides=overrides or None,
@@ -419,7 +470,13 @@ def main(
 
             print_summary(project_root / params_file, project_root, architectures=arch or None)
 
-    run_stage("flow", body)
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    try:
+        run_stage("flow", body)
+    except (KeyboardInterrupt, TerminationSignal):
+        request_stop()  # the worker threads' trainings stop at their next step; exit waits for them
+        console.print("flow stopped: run it again to resume", highlight=False)
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from components.evaluation.inference import (
     responsive_gil,
 )
 from components.evaluation.metrics import classification_metrics, confusion_matrix
+from components.training.artifacts import write_model_manifest
 from components.training.train import train
 from tests.conftest import tiny_params
 
@@ -101,6 +102,7 @@ def test_a_model_trained_on_other_data_is_refused(
     info = json.loads((model / "train_info.json").read_text())
     info["data_version"] = "0" * 64
     (model / "train_info.json").write_text(json.dumps(info))
+    write_model_manifest(model)  # as if trained so: not a file changed after training
     with pytest.raises(DataValidationError, match=r"trained on data version 0+.*re-run train@mlp"):
         _evaluate(digits_project, model, tmp_path / "report")
     assert not (tmp_path / "report").exists()
@@ -114,6 +116,7 @@ def test_corrupt_weights_name_the_file_and_keep_the_previous_report(
     model = tmp_path / "model"
     shutil.copytree(trained_mlp, model)
     (model / "weights.safetensors").write_bytes(b"not a safetensors file")
+    write_model_manifest(model)  # the loader's own checks, past the manifest's
     with pytest.raises(DataValidationError, match=r"weights\.safetensors.*not a readable safetensors file"):
         _evaluate(digits_project, model, tmp_path / "report")
     assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
@@ -123,6 +126,7 @@ def test_corrupt_weights_name_the_file_and_keep_the_previous_report(
     card = json.loads((model / "model.json").read_text())
     card["config"]["hidden_sizes"] = "abc"
     (model / "model.json").write_text(json.dumps(card))
+    write_model_manifest(model)
     with pytest.raises(DataValidationError, match=r"model\.json.*mlp config that does not build"):
         _evaluate(digits_project, model, tmp_path / "report")
     assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before
@@ -228,6 +232,7 @@ def test_a_hand_edited_train_info_is_refused_naming_the_key_and_keeps_the_previo
     info = json.loads((model / "train_info.json").read_text())
     info[key] = value
     (model / "train_info.json").write_text(json.dumps(info))
+    write_model_manifest(model)  # the contract's check, past the manifest's
     with pytest.raises(
         DataValidationError, match=rf"train_info\.json: must hold what the train stage wrote \({named}"
     ):

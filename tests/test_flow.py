@@ -176,6 +176,13 @@ def test_rerun_redoes_nothing_and_more_epochs_retrain_and_register(
     _, again = run_flow(project)
     assert not any(again["stages_run"].values()), again["stages_run"]
     assert len(_versions(project)) == versions
+    # The no-op run's parent says so (it was an empty run among the others); a run that did work not.
+    from flows.pipeline import NOTHING_RAN_TAG
+
+    noop = _client(project).get_run(again["parent_run_id"]).data.tags
+    assert noop[NOTHING_RAN_TAG] == "true"
+    assert noop["mlflow.note.content"].startswith("Nothing ran: every stage was up to date")
+    assert NOTHING_RAN_TAG not in _client(project).get_run(first_run[1]["parent_run_id"]).data.tags
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["max_epochs"] = 4

@@ -34,7 +34,7 @@ from components.registry.register import (
     registered_model_name,
     write_report,
 )
-from components.training.artifacts import load_trained_model
+from components.training.artifacts import load_trained_model, write_model_manifest
 from components.training.train import train
 from tests.conftest import tiny_params
 
@@ -194,7 +194,7 @@ def test_registered_model_runs_where_model_config_says_and_old_versions_refuse_a
     name = registered_model_name(params)
     decision = register(params, "mlp", models[1], prepared_dir, project_root=digits_project)
     uri = f"models:/{name}/{decision.version}"
-    assert mlflow.pyfunc.load_model(uri).model_config == {"device": "auto"}
+    assert mlflow.pyfunc.load_model(uri).model_config == {"device": "auto", "check_pixel_range": True}
     on_cpu = mlflow.pyfunc.load_model(uri, model_config={"device": "cpu"})
     assert on_cpu.unwrap_python_model().device == torch.device("cpu")
     with pytest.raises(ValueError, match=r"model_config\['device'\] = 'cuda:63'.*no such CUDA device"):
@@ -215,6 +215,7 @@ def test_registered_model_runs_where_model_config_says_and_old_versions_refuse_a
     stats = json.loads((old / "stats.json").read_text())
     del stats["pixel_min"], stats["pixel_max"]
     (old / "stats.json").write_text(json.dumps(stats))
+    write_model_manifest(old)
     log_model = mlflow.pyfunc.log_model
 
     def log_without_model_config(*args: object, **kwargs: object) -> object:
@@ -256,6 +257,7 @@ def test_register_stage_registers_nothing_when_one_model_folder_is_broken(
     weights = load_file(folder / "mlp" / "weights.safetensors")
     weights = {k: v + 1e-3 if i == 0 else v for i, (k, v) in enumerate(sorted(weights.items()))}
     save_file(weights, folder / "mlp" / "weights.safetensors")
+    write_model_manifest(folder / "mlp")
     both = params.model_copy(
         update={"train": params.train.model_copy(update={"architectures": ["mlp", "cnn"]})}
     )
@@ -517,6 +519,7 @@ def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the
     last = sorted(state)[-1]  # not the tensor other tests nudge: weights no test has registered
     state[last] = state[last] - 7e-4
     save_file(state, str(nudged / "weights.safetensors"))
+    write_model_manifest(nudged)
     trained_at = json.loads((nudged / "train_info.json").read_text())["git_commit"]
     git = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
     git |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}

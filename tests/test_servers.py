@@ -1,6 +1,7 @@
 """Against real servers on loopback, started here: ``mlflow server`` (SQLite backend) and
 ``prefect server start``: a work-pool deployment with the cron schedule from params.yaml, a model
-trained and registered on the server, and ``mlflow models serve`` answering a scoring request.
+trained and registered on the server, and ``mlflow models serve`` answering a scoring request (and
+refusing, with a 400, pixels on another scale than the training data's).
 Served deployments and whole flow runs against real servers are in tests/test_postgres.py.
 
 Ports are chosen at run time, every wait is bounded, and every process is stopped at the end.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -130,6 +132,19 @@ def test_real_servers_take_a_work_pool_deployment_record_a_registration_and_serv
             )
             with urllib.request.urlopen(request, timeout=60) as response:
                 answer = json.loads(response.read())
+            # Pixels on another scale (16x the digits' 0..16) are a 400 naming the rule and the
+            # range, not class 0 at probability 1.0.
+            scaled = urllib.request.Request(
+                f"http://127.0.0.1:{model_port}/invocations",
+                data=json.dumps({"inputs": (pixels * 16).tolist()}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(scaled, timeout=60)
+            error = json.loads(refused.value.read())
+        assert refused.value.code == 400, error
+        assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "pixel values must lie within the training data's range 0..16" in error["message"]
         served = [row["class_id"] for row in answer["predictions"]]
         import mlflow
 

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from components.config import Params, validate_params
+from components.data.manifest import MANIFEST
 from components.data.prepared import data_version, load_prepared
 from components.errors import DataValidationError, ParamsError
 from components.training.artifacts import MODEL_CARD, STATS, TRAIN_INFO, WEIGHTS, load_trained_model
@@ -57,7 +58,7 @@ def _run(project: Path, out: str, params: Params, arch: str = "mlp", **kwargs: A
 def test_train_writes_the_best_epoch_model_and_removes_its_checkpoints(digits_project: Path) -> None:
     result = _run(digits_project, "models/mlp", _params(max_epochs=3, early_stopping_patience=0))
     folder = digits_project / "models" / "mlp"
-    assert {p.name for p in folder.iterdir()} == {WEIGHTS, MODEL_CARD, STATS, TRAIN_INFO}
+    assert {p.name for p in folder.iterdir()} == {WEIGHTS, MODEL_CARD, STATS, TRAIN_INFO, MANIFEST}
     info = result.info
     assert (info["epochs"], info["global_steps"], len(info["history"])) == (3, 3 * STEPS_PER_EPOCH, 3)
     assert info["best_val_loss"] == pytest.approx(min(row["val_loss"] for row in info["history"]))

@@ -1,11 +1,18 @@
-"""``manifest.json``: what a data stage wrote, with hashes, so later stages can trust and version it."""
+"""``manifest.json``: what a stage wrote, with hashes, so later stages can trust and version it.
+
+The data stages list their splits (and :data:`HASHED_FILES`); the train stage lists every file of
+the model folder under ``files`` (:func:`write_file_manifest`), so a changed or corrupted file is
+refused by name instead of being scored or registered.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from components.atomic import dumps_json
 from components.errors import DataValidationError
 from components.hashing import sha256_file
 
@@ -22,6 +29,7 @@ REQUIRED_KEYS: dict[str, dict[str, type]] = {
         "stats_sha256": str,
         "splits": dict,
     },
+    "train": {"files": dict},
 }
 """Top-level keys (and their JSON types) that the readers of each stage's manifest rely on."""
 
@@ -29,9 +37,18 @@ HASHED_FILES: dict[str, dict[str, str]] = {"preprocess": {"stats_sha256": STATS}
 """Per stage, files besides the splits whose sha256 the manifest records: key -> file name."""
 
 
-def read_manifest(folder: Path, stage: str) -> dict[str, Any]:
+def write_file_manifest(folder: Path, stage: str, names: Sequence[str]) -> dict[str, Any]:
+    """Write ``folder/manifest.json`` recording the sha256 of each of ``names`` (files in ``folder``)
+    under ``files``, as written by ``stage``; :func:`read_manifest` checks them. Write it last."""
+    manifest = {"stage": stage, "files": {name: sha256_file(folder / name) for name in names}}
+    (folder / MANIFEST).write_text(dumps_json(manifest), encoding="utf-8")
+    return manifest
+
+
+def read_manifest(folder: Path, stage: str, required: Sequence[str] = ()) -> dict[str, Any]:
     """Load ``folder/manifest.json`` written by ``stage``, check its structure, and check the sha256
-    of every file it lists (the splits, and :data:`HASHED_FILES` such as ``stats.json``).
+    of every file it lists (the splits, ``files``, and :data:`HASHED_FILES` such as ``stats.json``).
+    ``required``: file names the manifest must list under ``files`` (the ones the caller reads).
 
     Every way for it to be wrong (missing, not JSON, a key missing or of the wrong type, a listed
     file missing or changed) is a :class:`DataValidationError` naming the file, not a traceback.
@@ -46,8 +63,13 @@ def read_manifest(folder: Path, stage: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("stage") != stage:
         raise DataValidationError(path, f"not a manifest written by the {stage} stage")
     _check_structure(manifest, path, stage)
-    for name, entry in manifest["splits"].items():
+    for name in required:
+        if name not in manifest.get("files", {}):
+            raise DataValidationError(path, f"must list {name} and its sha256 under 'files'")
+    for name, entry in manifest.get("splits", {}).items():
         _check_hash(folder / entry["file"], entry["sha256"], path, stage, f"for split {name!r}")
+    for name, expected in manifest.get("files", {}).items():
+        _check_hash(folder / name, expected, path, stage, "")
     for key, file_name in HASHED_FILES.get(stage, {}).items():
         _check_hash(folder / file_name, manifest[key], path, stage, f"as {key}")
     return manifest
@@ -64,7 +86,7 @@ def _check_structure(manifest: dict[str, Any], path: Path, stage: str) -> None:
                 f"manifest of the {stage} stage must hold {key!r} as a JSON {_json_type(kind)}",
                 f"got {type(value).__name__ if key in manifest else 'nothing'}",
             )
-    for name, entry in manifest["splits"].items():
+    for name, entry in manifest.get("splits", {}).items():
         if not (
             isinstance(entry, dict)
             and isinstance(entry.get("file"), str)
@@ -75,6 +97,13 @@ def _check_structure(manifest: dict[str, Any], path: Path, stage: str) -> None:
                 path,
                 f"split {name!r} must be an object with 'file' (a file name in {path.parent}) and 'sha256'",
                 f"got {json.dumps(entry)[:200]}",
+            )
+    for name, expected in manifest.get("files", {}).items():
+        if not (isinstance(expected, str) and Path(name).name == name):
+            raise DataValidationError(
+                path,
+                f"'files' must map file names in {path.parent} to their sha256",
+                f"got {json.dumps({name: expected})[:200]}",
             )
     if "class_names" in manifest and "num_classes" in manifest:
         names = manifest["class_names"]
@@ -92,7 +121,7 @@ def _json_type(kind: type) -> str:
 
 def _check_hash(file: Path, expected: str, manifest: Path, stage: str, role: str) -> None:
     if not file.is_file():
-        raise DataValidationError(file, f"file listed in {manifest} {role} is missing")
+        raise DataValidationError(file, f"file listed in {manifest}{f' {role}' if role else ''} is missing")
     if sha256_file(file) != expected:
         raise DataValidationError(
             file, f"sha256 differs from {manifest}: the file changed after {stage} wrote it"

@@ -19,7 +19,7 @@ from torch import nn
 from .cnn import CNN, CNNConfig
 from .lstm import LSTMClassifier, LSTMConfig
 from .mlp import MLP, MLPConfig
-from .raw_pixels import RawPixelClassifier, class_probabilities, inference_device
+from .raw_pixels import RawPixelClassifier, class_probabilities, inference_device, pixel_range_problem
 from .transformer import TransformerClassifier, TransformerConfig
 
 if TYPE_CHECKING:  # annotations only: a registered model's copy of this package has no params module
@@ -36,6 +36,7 @@ __all__ = [
     "count_parameters",
     "inference_device",
     "model_config",
+    "pixel_range_problem",
 ]
 
 ModelConfig = MLPConfig | CNNConfig | LSTMConfig | TransformerConfig

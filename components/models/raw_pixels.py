@@ -6,7 +6,9 @@ raw pixel values and needs neither this project's data code nor its statistics. 
 network's first layer is affine in its input (the mlp's first linear layer, the lstm's input
 weights, the transformer's patch projection), the normalisation can instead be folded into that
 layer's weights (:func:`fold_into_affine`): the same function, one full pass over the batch less.
-:func:`inference_device` reads where a registered model runs from MLflow's ``model_config``.
+:func:`inference_device` reads where a registered model runs from MLflow's ``model_config``, and
+:func:`pixel_range_problem` is the one check, shared by the served model and batch prediction, that
+inputs are on the training pixels' scale.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# How far past the training split's pixel range an input may reach, as a fraction of that range:
+# room for another scanner or resampling, none for another scale (0..255 against the digits' 0..16).
+RANGE_MARGIN = 0.05
+# An input whose largest value stays below this fraction of the training range is on a smaller
+# scale (0..1 floats, as torchvision's ToTensor gives, for a model trained on 0..255).
+RANGE_FLOOR = 0.1
 
 
 class RawPixelClassifier(nn.Module):
@@ -102,3 +111,37 @@ def inference_device(model_config: Mapping[str, Any] | None) -> torch.device:
     ):
         raise ValueError(f"model_config['device'] = {name!r}: this machine has no such CUDA device")
     return device
+
+
+def pixel_range_problem(
+    pixels: Any, pixel_min: Sequence[float], pixel_max: Sequence[float]
+) -> tuple[str, str] | None:
+    """Why ``pixels`` (N, C, H, W, a numpy array: typed ``Any`` as this package imports only torch)
+    are not on the scale of the training split's raw pixels (per channel ``pixel_min..pixel_max``):
+    ``(rule, detail)``, or ``None`` when they are.
+
+    The network takes any numbers and answers each without a word, so images on another scale get
+    wrong answers: on the digits (trained on 0..16), 0..1 floats took every architecture to about
+    chance and 0..255 values (8-bit PNGs) the lstm to 14%. Refused: any value more than
+    ``RANGE_MARGIN`` of the range outside it, or an input whose largest value stays within the
+    bottom ``RANGE_FLOOR`` of it.
+    """
+    several = len(pixel_min) > 1
+    for channel, (lo, hi) in enumerate(zip(pixel_min, pixel_max, strict=True)):
+        values = pixels[:, channel]  # (N, H, W)
+        low, high = float(values.min()), float(values.max())
+        span = hi - lo
+        trained = f"the training data's range {lo:g}..{hi:g}" + (f" in channel {channel}" if several else "")
+        below, above = lo - RANGE_MARGIN * span, hi + RANGE_MARGIN * span
+        if low < below or high > above:
+            outside = int(((values < below) | (values > above)).sum())
+            return (
+                f"pixel values must lie within {trained}",
+                f"{outside} of {values.size} values lie outside it, from {low:g} to {high:g}",
+            )
+        if span > 0 and high < lo + RANGE_FLOOR * span:
+            return (
+                f"pixel values must span {trained}",
+                f"the largest is {high:g}, within its bottom tenth, as if scaled to 0..1",
+            )
+    return None

@@ -9,9 +9,13 @@ unique name constraint lets exactly one creator win. So the lease *is* a registe
 ``<model>.lock``, created on entry and deleted on exit; it works the same on the local SQLite store
 and on a shared server (PostgreSQL behind ``mlflow server``), with no extra service.
 
-A holder that dies leaves its lock behind; the lock carries an expiry time and a waiter deletes an
-expired one. ``ttl_s`` must therefore exceed the longest registration (seconds here; the default is
-ten minutes).
+A holder that dies leaves its lock behind. The lock records the holding process (host, pid, start
+time: :mod:`components.processes`), so a waiter on the same host takes over at once a lock whose
+process is gone (SIGKILL, out of memory), and says so. A lock held elsewhere, or by a live process,
+is waited for, saying who holds it and until when (when waiting starts, then every
+:data:`NOTICE_EVERY_S`); it also carries an expiry time, after which any waiter deletes it, so a
+holder on another machine that died frees it too. ``ttl_s`` must therefore exceed the longest
+registration (seconds here; the default is ten minutes).
 """
 
 from __future__ import annotations
@@ -22,15 +26,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.errors import TransientError
+from components.processes import ProcessRef, is_gone, say, this_process
 
 LOCK_SUFFIX = ".lock"
 HOLDER_TAG = "lock.holder"
 EXPIRES_TAG = "lock.expires_at"
+PROCESS_PREFIX = "lock.process."  # lock.process.host, .pid, .started, .pid_namespace
+NOTICE_EVERY_S = 30.0  # how often a waiter repeats who holds the lease
 
 
 def lock_name(model_name: str) -> str:
@@ -52,7 +60,11 @@ def _try_acquire(client: MlflowClient, lock: str, holder: str, ttl_s: float) -> 
     try:
         client.create_registered_model(
             lock,
-            tags={HOLDER_TAG: holder, EXPIRES_TAG: f"{time.time() + ttl_s:.3f}"},
+            tags={
+                HOLDER_TAG: holder,
+                EXPIRES_TAG: f"{time.time() + ttl_s:.3f}",
+                **this_process().tags(PROCESS_PREFIX),
+            },
             description="Registration in progress; deleted when it ends (components/registry/lease.py).",
         )
     except MlflowException as exc:
@@ -62,8 +74,20 @@ def _try_acquire(client: MlflowClient, lock: str, holder: str, ttl_s: float) -> 
     return True
 
 
-def _current_holder(client: MlflowClient, lock: str) -> tuple[str, float] | None:
-    """(holder, expiry as a Unix time) of the lock, or None if nobody holds it."""
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock, until when, and (locks taken by this version on) which process."""
+
+    name: str
+    expires: float  # Unix time
+    process: ProcessRef | None
+
+    def until(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.expires))
+
+
+def _current_holder(client: MlflowClient, lock: str) -> Holder | None:
+    """The holder of the lock, or None if nobody holds it."""
     try:
         model = client.get_registered_model(lock)
     except MlflowException as exc:
@@ -74,7 +98,16 @@ def _current_holder(client: MlflowClient, lock: str) -> tuple[str, float] | None
         expires = float(model.tags.get(EXPIRES_TAG, "0"))
     except ValueError:
         expires = 0.0
-    return model.tags.get(HOLDER_TAG, "?"), expires
+    return Holder(model.tags.get(HOLDER_TAG, "?"), expires, ProcessRef.from_tags(model.tags, PROCESS_PREFIX))
+
+
+def _why_breakable(holder: Holder) -> str | None:
+    """Why the lock of ``holder`` may be taken over now, or None while it must be waited for."""
+    if holder.process is not None and is_gone(holder.process):
+        return "a process that is gone"
+    if holder.expires < time.time():
+        return f"whose lease expired at {holder.until()}"
+    return None
 
 
 def _delete(client: MlflowClient, lock: str) -> None:
@@ -83,6 +116,10 @@ def _delete(client: MlflowClient, lock: str) -> None:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
+
+
+def _due(last_said: float) -> bool:
+    return time.monotonic() - last_said >= NOTICE_EVERY_S
 
 
 @contextmanager
@@ -102,25 +139,33 @@ def registry_lease(
     lock = lock_name(model_name)
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait_s
+    told: tuple[str, float] | None = None  # whom a waiting message last named, and when
     while not _try_acquire(client, lock, holder, ttl_s):
         current = _current_holder(client, lock)
-        if current is not None and current[1] < time.time():
-            # Expired: its holder died mid-registration. Re-read just before deleting so a lease that
-            # someone else has meanwhile broken and re-taken is left alone.
-            again = _current_holder(client, lock)
-            if again == current:
+        reason = _why_breakable(current) if current is not None else None
+        if current is not None and reason is not None:
+            # Re-read just before deleting so a lease that someone else has meanwhile broken and
+            # re-taken is left alone.
+            if _current_holder(client, lock) == current:
                 _delete(client, lock)
+                say(f"register: took over the registry lease of {current.name}, {reason} ({lock!r})")
             continue
         if time.monotonic() > deadline:
-            who = current[0] if current else "nobody (it keeps changing hands)"
+            who = current.name if current else "nobody (it keeps changing hands)"
             raise TransientError(
                 f"registered model {model_name!r} is locked by {who} (registered model {lock!r}) for "
                 f"more than {wait_s:.0f}s; if that process is gone, delete {lock!r} in the MLflow UI"
             )
+        if current is not None and (told is None or told[0] != current.name or _due(told[1])):
+            say(
+                f"register: waiting for the registry lease on {model_name!r}: held by {current.name} "
+                f"until {current.until()} (registered model {lock!r}); giving up after {wait_s:.0f}s"
+            )
+            told = (current.name, time.monotonic())
         time.sleep(poll_s)
     try:
         yield holder
     finally:
         current = _current_holder(client, lock)
-        if current is not None and current[0] == holder:
+        if current is not None and current.name == holder:
             _delete(client, lock)

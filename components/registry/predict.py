@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -24,7 +25,7 @@ from components.data.idx import read_idx
 from components.data.sources.image_folder import decode_image, probe_image
 from components.data.sources.npz import read_npz_arrays
 from components.errors import DataSourceError, DataValidationError, ParamsError, PipelineError
-from components.models import inference_device
+from components.models import inference_device, pixel_range_problem
 from components.tracking import tracking_error
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -33,12 +34,6 @@ IDX_MARKERS = ("-ubyte", ".idx")
 # little more memory, and it spreads the per-call cost (MLflow's input check, the output table):
 # at 8,192 a small network predicts about 1.5x faster than at 1,024 (BENCHMARKS.md).
 PREDICT_BATCH_SIZE = 8192
-# How far past the training split's pixel range an input may reach, as a fraction of that range:
-# room for another scanner or resampling, none for another scale (0..255 against the digits' 0..16).
-RANGE_MARGIN = 0.05
-# An input whose largest value stays below this fraction of the training range is on a smaller
-# scale (0..1 floats, as torchvision's ToTensor gives, for a model trained on 0..255).
-RANGE_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -73,6 +68,12 @@ def _cannot_load(uri: str, exc: MlflowException) -> PipelineError:
     """``cannot load <uri>: ...`` as the tracking error ``exc`` stands for (a server away: 75)."""
     error = tracking_error(mlflow.get_tracking_uri(), exc)
     return type(error)(f"cannot load {uri}: {error}")
+
+
+def _declared_model_config(uri: str) -> dict[str, Any]:
+    """The load-time settings the model at ``uri`` was logged with (MLflow drops any other key)."""
+    flavor = mlflow.models.get_model_info(uri).flavors.get("python_function") or {}
+    return dict(flavor.get("config") or {})
 
 
 def _nchw(x: np.ndarray, file: Path) -> np.ndarray:
@@ -149,36 +150,14 @@ def check_pixel_range(
     pixels: np.ndarray, pixel_min: list[float], pixel_max: list[float], source: Path | str
 ) -> None:
     """Refuse ``pixels`` (N, C, H, W) that are not on the scale of the training split's raw pixels
-    (per channel ``pixel_min..pixel_max``), naming ``source``.
-
-    The model takes any numbers and answers each without a word, so images on another scale get
-    wrong answers: on the digits (trained on 0..16), 0..1 floats took every architecture to about
-    chance and 0..255 values (8-bit PNGs) the lstm to 14%. Refused: any value more than
-    ``RANGE_MARGIN`` of the range outside it, or an input whose largest value stays within the
-    bottom ``RANGE_FLOOR`` of it.
-    """
-    several = len(pixel_min) > 1
-    for channel, (lo, hi) in enumerate(zip(pixel_min, pixel_max, strict=True)):
-        values = pixels[:, channel]  # (N, H, W)
-        low, high = float(values.min()), float(values.max())
-        span = hi - lo
-        trained = f"the training data's range {lo:g}..{hi:g}" + (f" in channel {channel}" if several else "")
-        below, above = lo - RANGE_MARGIN * span, hi + RANGE_MARGIN * span
-        if low < below or high > above:
-            outside = int(np.count_nonzero((values < below) | (values > above)))
-            raise DataValidationError(
-                source,
-                f"pixel values must lie within {trained}",
-                f"{outside} of {values.size} values lie outside it, from {low:g} to {high:g}; "
-                "rescale the images to that range, or pass --no-range-check",
-            )
-        if span > 0 and high < lo + RANGE_FLOOR * span:
-            raise DataValidationError(
-                source,
-                f"pixel values must span {trained}",
-                f"the largest is {high:g}, within its bottom tenth: scaled to 0..1? rescale the "
-                "images to that range, or pass --no-range-check",
-            )
+    (per channel ``pixel_min..pixel_max``), naming ``source``: the rule the registered model applies
+    too (:func:`components.models.pixel_range_problem`), checked here once over the whole input."""
+    problem = pixel_range_problem(pixels, pixel_min, pixel_max)
+    if problem is not None:
+        rule, detail = problem
+        raise DataValidationError(
+            source, rule, f"{detail}; rescale the images to that range, or pass --no-range-check"
+        )
 
 
 def predict_file(
@@ -209,9 +188,16 @@ def predict_file(
         except ValueError as exc:
             raise PipelineError(f"predict: {exc}") from None
     try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"device": device} if device else None)
+        config: dict[str, Any] = {"device": device} if device else {}
+        if "check_pixel_range" in _declared_model_config(uri):
+            # Checked below once over the whole input, naming the file (the wrapper would check
+            # each batch: a last batch of a few dark images alone could fail its floor rule).
+            config["check_pixel_range"] = False
+        model = mlflow.pyfunc.load_model(uri, model_config=config or None)
     except MlflowException as exc:  # no such model, version or alias; or the server is away (75)
         raise _cannot_load(uri, exc) from None
+    except ValueError as exc:  # the wrapper refused its files (changed since training) or settings
+        raise PipelineError(f"cannot load {uri}: {exc}") from None
     if device is not None and model.model_config.get("device") != device:
         # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
         raise PipelineError(

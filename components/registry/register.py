@@ -42,6 +42,7 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from components.atomic import atomic_write_json
 from components.config import Architecture, Params
+from components.data.manifest import MANIFEST
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
 from components.errors import PipelineError, is_transient
@@ -63,6 +64,8 @@ DECISION_TAG = "registry.decision"
 REASON_TAG = "registry.reason"
 # One registration at a time in this process (threads of one flow wait here rather than poll the lease).
 _LOCK = threading.Lock()
+# The load-time settings the wrapper reads (pyfunc_model.py), with their defaults.
+WRAPPER_CONFIG = {"device": "auto", "check_pixel_range": True}
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,7 @@ def _log_and_register(
         run_id = tracker.client.create_run(
             tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
         ).info.run_id
+    tracker.claim(run_id)  # start_run sets it RUNNING: name this process as the one holding it
     with tempfile.TemporaryDirectory() as tmp:
         networks = Path(tmp) / "networks"
         networks.mkdir()
@@ -348,12 +352,13 @@ def _log_and_register(
                     "card": str(folder / MODEL_CARD),
                     "weights": str(folder / WEIGHTS),
                     "stats": str(folder / STATS),
+                    "manifest": str(folder / MANIFEST),
                 },
                 signature=signature(trained.stats.image_shape, trained.stats.class_names),
                 input_example=pixels[:2],
                 # Declares the load-time settings the wrapper reads: MLflow drops any key a model was
                 # not logged with, so without this model_config={"device": "cpu"} would be ignored.
-                model_config={"device": "auto"},
+                model_config=dict(WRAPPER_CONFIG),
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"mlflow=={mlflow.__version__}",

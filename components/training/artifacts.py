@@ -6,12 +6,17 @@ Contents (the contract with evaluation and registration):
 - ``model.json``           architecture name and its config dataclass, enough to rebuild the network
 - ``stats.json``           the normalisation and class names of the data it was trained on
 - ``train_info.json``      epochs, steps, timings, sizes, data version, MLflow run, per-epoch history
+- ``manifest.json``        the sha256 of the four files above, written last; every reader checks it
+                           (:func:`verify_model_folder`), so a corrupted or edited file is refused
+                           by name instead of being scored, registered or served
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +28,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from components.atomic import dumps_json
+from components.data.manifest import MANIFEST, read_manifest, write_file_manifest
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedData, data_version
-from components.errors import DataValidationError
+from components.errors import DataValidationError, is_no_space
 from components.models import ModelConfig, build_model, config_from_dict, config_to_dict
 
 WEIGHTS = "weights.safetensors"
 MODEL_CARD = "model.json"
 STATS = "stats.json"
 TRAIN_INFO = "train_info.json"
+MODEL_FILES = (WEIGHTS, MODEL_CARD, STATS, TRAIN_INFO)
+"""The files of a model folder that its manifest lists (``manifest.json`` itself aside)."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,48 @@ def write_model_folder(
     stats: Normalization,
     info: dict[str, Any],
 ) -> None:
-    """Write the four files into ``folder`` (a temporary folder that is then renamed into place)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS))
+    """Write the four files and their manifest into ``folder`` (a temporary folder that is then
+    renamed into place)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    try:
+        save_file(tensors, str(folder / WEIGHTS))
+    except SafetensorError as exc:  # a message only ("... No space left on device ..."): the errno back
+        if not is_no_space(exc):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / WEIGHTS)) from exc
     card = {"architecture": architecture, "config": config_to_dict(config)}
     (folder / MODEL_CARD).write_text(dumps_json(card), encoding="utf-8")
     (folder / STATS).write_text(stats.to_json(), encoding="utf-8")
     (folder / TRAIN_INFO).write_text(dumps_json(info), encoding="utf-8")
+    write_model_manifest(folder)
+
+
+def write_model_manifest(folder: Path | str) -> None:
+    """Record the sha256 of the model folder's files in its ``manifest.json`` (after they are written)."""
+    write_file_manifest(Path(folder), "train", MODEL_FILES)
+
+
+def verify_model_folder(folder: Path | str) -> None:
+    """Check every file of ``folder`` against its ``manifest.json``: a corrupted weights file or an
+    edited card is refused naming the file, and so is a folder written before models had a manifest."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        if not (folder / MODEL_CARD).is_file():  # nothing trained here at all
+            raise DataValidationError(folder / MODEL_CARD, "missing (run the train stage first)")
+        raise DataValidationError(
+            folder / MANIFEST,
+            "missing: the model folder records no sha256 of its files (written by older code, or not "
+            f"by the train stage); re-run train@{_architecture_hint(folder)} to write it again",
+        )
+    read_manifest(folder, "train", required=MODEL_FILES)
+
+
+def _architecture_hint(folder: Path) -> str:
+    """The architecture ``folder``'s card names, for a message only; else the folder's name."""
+    try:
+        return str(json.loads((folder / MODEL_CARD).read_text(encoding="utf-8"))["architecture"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return folder.name
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -127,8 +171,10 @@ def read_train_info(path: Path | str) -> dict[str, Any]:
 
 
 def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the network from ``folder`` and load its weights; errors name the file and the rule."""
+    """Rebuild the network from ``folder`` and load its weights, after checking its files against the
+    folder's manifest (:func:`verify_model_folder`); errors name the file and the rule."""
     folder = Path(folder)
+    verify_model_folder(folder)
     card = _read_json(folder / MODEL_CARD)
     try:
         architecture = str(card["architecture"])

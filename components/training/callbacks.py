@@ -94,27 +94,19 @@ class ReplicaDigests(Callback):
 
 
 class StopWhen(Callback):
-    """Stops training between batches once ``should_stop()`` is true, raising :class:`StopRequested`.
+    """Stops training once ``should_stop()`` is true, for training in a worker thread (the flow),
+    which Ctrl-C does not reach.
 
-    For training in a worker thread (the flow), which Ctrl-C does not reach. Lightning ends the fit
-    on the exception (its ``on_exception`` hooks run); nothing is written to the model folder, and
-    the last resume checkpoint stays for the next run.
+    :func:`~components.training.train.train` hands ``should_stop`` to its resume checkpoint, which
+    asks it at the end of each training step, writes ``last.ckpt`` there and raises
+    :class:`StopRequested`; this callback itself stops a validation pass between batches (no
+    checkpoint mid-validation: the previous one stays). Lightning ends the fit on the exception
+    (its ``on_exception`` hooks run); nothing is written to the model folder.
     """
 
     def __init__(self, should_stop: Callable[[], bool], label: str) -> None:
         self.should_stop = should_stop
         self.label = label
-
-    def _check(self, trainer: L.Trainer) -> None:
-        if self.should_stop():
-            raise StopRequested(
-                f"train@{self.label}: stopped at step {trainer.global_step}, the run was interrupted"
-            )
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._check(trainer)
 
     def on_validation_batch_start(
         self,
@@ -124,4 +116,8 @@ class StopWhen(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._check(trainer)
+        if self.should_stop():
+            raise StopRequested(
+                f"train@{self.label}: stopped at step {trainer.global_step} (validating), the run was "
+                "interrupted"
+            )

@@ -51,14 +51,19 @@ from components.config import Architecture, Params, TrainParams, dump_params
 from components.errors import (
     EXIT_BAD_INPUT,
     EXIT_CODE_DIR_ENV,
+    EXIT_NO_SPACE,
+    EXIT_PREEMPTED,
     EXIT_TRANSIENT,
+    NoSpaceError,
     ParamsError,
     PipelineError,
+    Preempted,
     TransientError,
     recorded_exit_codes,
 )
 from components.torch_turns import StopRequested
 from components.training.artifacts import TRAIN_INFO, read_train_info
+from components.training.preemption import sigterm_raises
 from components.training.speed import device_kind
 
 LAUNCH_DIR = "launch"
@@ -84,8 +89,17 @@ class TrainingLaunchError(PipelineError):
         super().__init__(f"{message}\n--- last output lines ---\n{shown}" if shown else message)
 
 
+class TrainingOutOfSpace(TrainingLaunchError, NoSpaceError):
+    """A training process ran out of disk space (exit code 74); nothing was replaced."""
+
+
 class TrainingUnavailable(TrainingLaunchError, TransientError):
     """The training process could not reach a service it needs (exit code 75): worth a retry."""
+
+
+class TrainingPreempted(TrainingLaunchError, Preempted):
+    """The training was stopped by SIGTERM or Ctrl-C with its checkpoint kept (exit code 143): the
+    same launch again resumes it."""
 
 
 @dataclass(frozen=True)
@@ -242,8 +256,10 @@ def run_streaming(
     """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line`` as it comes.
 
     Raises :class:`TrainingLaunchError` with the exit status and the last lines on failure:
-    :class:`TrainingUnavailable` (a retry may help) when the command or any rank exited 75, and a
-    plain :class:`TrainingLaunchError` with ``returncode`` 2 (bad input, no retry) when one exited 2.
+    :class:`TrainingPreempted` when the command or any rank exited 143 (stopped by SIGTERM with its
+    checkpoint kept: run again to resume), :class:`TrainingUnavailable` (a retry may help) when one
+    exited 75, and a plain :class:`TrainingLaunchError` with ``returncode`` 2 (bad input, no retry)
+    when one exited 2.
     The ranks' codes come from the files they record in ``PIPELINE_EXIT_CODE_DIR`` (a temporary
     folder set here), since torchrun itself exits 1.
 
@@ -252,7 +268,8 @@ def run_streaming(
     shutdown timeout plus :data:`STOP_MARGIN_S`) the group and every process that was under the
     command, workers included, get SIGKILL. The same happens, raising :class:`StopRequested`, once
     ``should_stop()`` is true (checked every :data:`STOP_POLL_S`): a caller in a worker thread,
-    which Ctrl-C does not reach, stops the launch this way.
+    which Ctrl-C does not reach, stops the launch this way. A SIGTERM to this process (main thread)
+    stops the launch too, then raises :class:`TrainingPreempted` with what the ranks recorded.
     """
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     grace_s = default_stop_grace_s(env) if stop_grace_s is None else stop_grace_s
@@ -278,26 +295,50 @@ def run_streaming(
 
         reader = threading.Thread(target=pump, name="launch-output", daemon=True)
         reader.start()
-        try:
-            returncode = _wait(process, timeout_s, should_stop, what)
-        except subprocess.TimeoutExpired:
-            _stop(process, grace_s, kill_wait_s)
-            reader.join(timeout=5)
-            raise TrainingLaunchError(
-                f"training did not finish within {timeout_s:g} s: {what}", None, tail
-            ) from None
-        except BaseException:
-            _stop(process, grace_s, kill_wait_s)
-            raise
-        reader.join()
+        preempted = False
+        # A SIGTERM to this process (a preempted job) stops the launch as an interrupt does: torchrun
+        # passes it on to the ranks, which write their checkpoints and exit 143.
+        with sigterm_raises(f"training stopped by SIGTERM: {what}"):
+            try:
+                returncode = _wait(process, timeout_s, should_stop, what)
+            except subprocess.TimeoutExpired:
+                _stop(process, grace_s, kill_wait_s)
+                reader.join(timeout=5)
+                raise TrainingLaunchError(
+                    f"training did not finish within {timeout_s:g} s: {what}", None, tail
+                ) from None
+            except Preempted:
+                _stop(process, grace_s, kill_wait_s)
+                preempted = True
+                returncode = EXIT_PREEMPTED if process.returncode is None else process.returncode
+            except BaseException:
+                _stop(process, grace_s, kill_wait_s)
+                raise
+        reader.join(timeout=5)
         ranks = recorded_exit_codes(exit_dir) if returncode != 0 else {}
     if returncode == 0:
         return
+    _raise_failed(returncode, ranks, what, tail, preempted)
+
+
+def _raise_failed(
+    returncode: int, ranks: dict[int, int], what: str, tail: Sequence[str], preempted: bool
+) -> None:
+    """Raise the :class:`TrainingLaunchError` for a launch that exited ``returncode``, whose ranks
+    recorded ``ranks``; ``preempted``: this process got SIGTERM and stopped it."""
     codes = {returncode, *ranks.values()}
     by = ", ".join(f"rank {rank} exited {code}" for rank, code in sorted(ranks.items()))
     why = f"{by}; the launcher exited {returncode}" if by else f"exited with status {returncode}"
+    if preempted or EXIT_PREEMPTED in codes:
+        raise TrainingPreempted(
+            f"training was stopped with its checkpoint kept ({why}); run it again to resume: {what}",
+            EXIT_PREEMPTED,
+            tail,
+        )
     if EXIT_BAD_INPUT in codes:
         raise TrainingLaunchError(f"training rejected its input ({why}): {what}", EXIT_BAD_INPUT, tail)
+    if EXIT_NO_SPACE in codes:
+        raise TrainingOutOfSpace(f"training ran out of disk space ({why}): {what}", EXIT_NO_SPACE, tail)
     if EXIT_TRANSIENT in codes:
         raise TrainingUnavailable(f"training could not reach a service ({why}): {what}", EXIT_TRANSIENT, tail)
     raise TrainingLaunchError(f"training exited with status {returncode}: {what}", returncode, tail)

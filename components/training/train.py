@@ -31,20 +31,22 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.config import Architecture, Params, flatten
 from components.data.prepared import data_version, load_prepared, require_split
-from components.errors import ParamsError
+from components.errors import ParamsError, Preempted
 from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
 from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, pipeline_key
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
-from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
+from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests, StopWhen
 from components.training.data import ClassificationData
 from components.training.launch import check_launched_world_size, processes_per_node
 from components.training.module import Classifier
+from components.training.preemption import StopSignals, sigterm_raises
 from components.training.speed import (
     check_accelerator,
     device_kind,
@@ -52,9 +54,12 @@ from components.training.speed import (
     resolve_precision,
     resolve_speed,
 )
-from components.training.trainer import build_trainer, checkpoint_callbacks
+from components.training.trainer import build_trainer, checkpoint_callbacks, resume_checkpoint
+from components.training.work_lock import finished_meanwhile, one_training_at_a_time, record_reuse
 
 RUN_FILE = "mlflow_run.json"
+DISCARDED_TAG = "train.discarded_checkpoint"  # an unusable resume checkpoint set aside: file, why, where
+DISCARDED_DIR = "discarded"  # <work_root>/train/discarded/: the unusable checkpoints, kept for inspection
 # Settings that change how fast training runs but not what it computes (beyond rounding). A run
 # resumes only from a checkpoint of the same fingerprint. (``steps_per_call`` changes nothing that
 # is computed either, but a checkpoint counts the training_step calls of the epoch so far, which is
@@ -126,6 +131,43 @@ def _previous_run_id(work_dir: Path) -> str | None:
         return None
 
 
+def _resume_point(checkpoint_dir: Path, module: Classifier, run: TrackedRun | None, arch: str) -> Path | None:
+    """The checkpoint to resume from, if any. An unusable one (corrupt, not a checkpoint, another
+    network) is moved aside by rank zero, which says so on stderr and in the MLflow run; training
+    then resumes from the one before it or starts over, instead of failing the same way forever."""
+    aside = checkpoint_dir.parent.parent / DISCARDED_DIR if run is not None else None
+    chosen, discarded = resume_checkpoint(checkpoint_dir, module.state_dict(), aside)
+    if discarded and run is not None:
+        console = Console(stderr=True)
+        for line in discarded:
+            console.print(
+                f"train@{arch}: discarded resume checkpoint {line}", highlight=False, soft_wrap=True
+            )
+        then = f"resuming from {chosen}" if chosen else "training from the start"
+        run.set_tags({DISCARDED_TAG: f"{'; '.join(discarded)}; {then}"[:5000]})
+    return chosen
+
+
+def _fit(
+    trainer: L.Trainer, module: Classifier, data: ClassificationData, resume_from: Path | None, arch: str
+) -> None:
+    """``trainer.fit``; Lightning's own ways of ending a fit early become exceptions saying what happened.
+
+    A stop by signal or request normally ends the fit with the resume callback's exception (see
+    :mod:`components.training.preemption`), which passes through.
+    """
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException as exc:  # Lightning's (exit 0), for a SIGTERM before our handler was in place
+        raise Preempted(
+            f"train@{arch}: stopped by SIGTERM before the training loop; run again to resume"
+        ) from exc
+    except SystemExit as exc:
+        if trainer.interrupted:  # Lightning's sys.exit(1) after a Ctrl-C
+            raise KeyboardInterrupt(f"training {arch} was interrupted") from exc
+        raise
+
+
 def train(
     params: Params,
     arch: Architecture,
@@ -162,7 +204,6 @@ def train(
     key = fingerprint(params, arch, version)
     work_dir = Path(work_root) / "train" / f"{arch}-{key[:16]}"
     checkpoint_dir = work_dir / "checkpoints"
-    resume_from = checkpoint_dir / "last.ckpt"
 
     speed = resolve_speed(params.train, arch)
     L.seed_everything(params.train.seed, workers=True, verbose=False)
@@ -186,7 +227,9 @@ def train(
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     history = EpochHistory()
     replicas = ReplicaDigests()
-    resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps)
+    # Stops on SIGTERM, Ctrl-C and the caller's stop checks, with last.ckpt written first.
+    stop = StopSignals(arch, [cb.should_stop for cb in callbacks if isinstance(cb, StopWhen)])
+    resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps, stop)
     every: list[Callback] = [history, replicas, resume_cb, best_cb, *callbacks]
     if not interactive:
         every.append(EpochLines(arch, Console(stderr=True)))
@@ -196,8 +239,18 @@ def train(
     zero = trainer.is_global_zero
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            sigterm_raises(
+                f"train@{arch}: stopped by SIGTERM outside the training loop; {out_dir} is unchanged; "
+                "run the same command again to resume"
+            )
+        )
         run: TrackedRun | None = None
         if zero:
+            # One training of these settings at a time; one that waited reuses what the other wrote.
+            waited = stack.enter_context(one_training_at_a_time(Path(work_root), arch, key))
+            single = trainer.num_devices * trainer.num_nodes == 1  # other ranks could not skip fit
+            earlier = finished_meanwhile(out_dir, key, version) if waited and single else None
             code = code_tags(project_root)
             run_tags = {
                 "architecture": arch,
@@ -208,9 +261,13 @@ def train(
                 **(tags or {}),
             }
             tracker = Tracker.open(experiment_name(params), project_root)
+            pipeline = pipeline_key(params, version, code["git.commit"])
+            if earlier is not None:
+                found = tracker.existing_parent(pipeline, parent_run_id)
+                return TrainResult(out_dir, record_reuse(tracker, found, arch, out_dir, earlier), earlier)
             run_level = {"architecture", "train.fingerprint"}
             parent = tracker.parent_run(
-                pipeline_key(params, version, code["git.commit"]),
+                pipeline,
                 {k: v for k, v in run_tags.items() if k not in run_level},
                 given=parent_run_id,
             )
@@ -222,14 +279,10 @@ def train(
             run.log_params(run_params(params, arch))
             history.sink = run.log_metrics
 
+        resume_from = _resume_point(checkpoint_dir, module, run, arch)
         started = time.perf_counter()
         with float32_matmul_precision(speed.matmul_precision):
-            trainer.fit(
-                module,
-                datamodule=data,
-                ckpt_path=resume_from if resume_from.is_file() else None,
-                weights_only=True,
-            )
+            _fit(trainer, module, data, resume_from, arch)
         fit_seconds = time.perf_counter() - started
         if trainer.interrupted:
             raise KeyboardInterrupt(f"training {arch} was interrupted")
@@ -297,5 +350,5 @@ def train(
         }
         run.log_metrics(size)
         run.log_artifacts(out_dir, "model_files")
-    shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)  # while the lock is held
     return TrainResult(out_dir, run.run_id, info, global_rank=trainer.global_rank)

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from components.config import TrainParams
+from components.errors import DataValidationError
+from components.training.preemption import StopSignals
 from components.training.speed import SpeedSettings
 
 LAST = "last"
 BEST = "best"
+PREVIOUS_LAST = "last.prev.ckpt"  # the resume checkpoint before the latest one
 
 
 class ResumeCheckpoint(Checkpoint):
@@ -26,37 +31,67 @@ class ResumeCheckpoint(Checkpoint):
     one by one, as Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` would).
 
     Written to a temporary sibling and renamed over the old file, so a crash while writing leaves
-    the previous checkpoint intact. A ``Checkpoint`` subclass: Lightning runs it after the other
-    callbacks' epoch-end hooks, so their state (the epoch history) is in the file.
+    the previous checkpoint intact; the one it replaces is kept as ``last.prev.ckpt``, the one to
+    resume from should ``last.ckpt`` turn out unreadable. A ``Checkpoint`` subclass: Lightning runs
+    it after the other callbacks' epoch-end hooks, so their state (the epoch history) is in the file.
+
+    With ``stop`` (see :mod:`components.training.preemption`): on SIGTERM, Ctrl-C or a caller's stop
+    request it writes ``last.ckpt`` at the end of the current training step (at the epoch's end,
+    after validation, for its last step) and ends the fit with the exception ``stop`` names.
     """
 
-    def __init__(self, path: Path, every_n_steps: int) -> None:
+    def __init__(self, path: Path, every_n_steps: int, stop: StopSignals | None = None) -> None:
         self.path = path
         self.every_n_steps = every_n_steps
+        self.stop = stop
         self._saved_step = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._saved_step = trainer.global_step
+        if self.stop is not None:
+            self.stop.install()  # after Lightning's own SIGTERM handler, which it replaces
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        last_of_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        stop = self.stop.requested(trainer) if self.stop is not None and not last_of_epoch else 0
         n = self.every_n_steps
-        if n and trainer.global_step // n > self._saved_step // n:
+        if stop or (n and trainer.global_step // n > self._saved_step // n):
             self._save(trainer)
+        if stop and self.stop is not None:
+            raise self.stop.stopped(stop, trainer.global_step, self.path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
+        stop = self.stop.requested(trainer) if self.stop is not None else 0
+        if stop and self.stop is not None:
+            raise self.stop.stopped(stop, trainer.global_step, self.path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stop is not None:
+            self.stop.restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if self.stop is not None:
+            self.stop.restore()
 
     def _save(self, trainer: L.Trainer) -> None:
         partial = self.path.with_name(f"{self.path.name}.partial")
         trainer.save_checkpoint(partial)  # every rank takes part; global rank zero writes
         if trainer.is_global_zero:
+            if self.path.is_file():
+                os.replace(self.path, self.path.with_name(PREVIOUS_LAST))
             os.replace(partial, self.path)
         self._saved_step = trainer.global_step
 
 
-def checkpoint_callbacks(folder: Path, every_n_steps: int) -> tuple[ResumeCheckpoint, ModelCheckpoint]:
-    """``last.ckpt`` to resume from (each epoch, and every N steps) and ``best.ckpt`` by validation loss."""
-    resume = ResumeCheckpoint(folder / f"{LAST}.ckpt", every_n_steps)
+def checkpoint_callbacks(
+    folder: Path, every_n_steps: int, stop: StopSignals | None = None
+) -> tuple[ResumeCheckpoint, ModelCheckpoint]:
+    """``last.ckpt`` to resume from (each epoch, every N steps, and on a stop) and ``best.ckpt`` by
+    validation loss."""
+    resume = ResumeCheckpoint(folder / f"{LAST}.ckpt", every_n_steps, stop)
     best = ModelCheckpoint(
         dirpath=folder,
         filename=BEST,
@@ -66,6 +101,84 @@ def checkpoint_callbacks(folder: Path, every_n_steps: int) -> tuple[ResumeCheckp
         enable_version_counter=False,
     )
     return resume, best
+
+
+# What Lightning reads from a checkpoint to resume a fit (a weights-only file lacks most of them).
+RESUME_KEYS = (
+    "state_dict",
+    "loops",
+    "optimizer_states",
+    "lr_schedulers",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
+
+
+def checkpoint_problem(path: Path, expected: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``path`` cannot be resumed from by a module whose ``state_dict`` is ``expected``, or None.
+
+    Loaded tensors-only on the CPU, as the resume itself loads it: a pickle that would run code is
+    refused without running it.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: truncated, random bytes, a pickle with code
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        return f"not a tensors-only checkpoint ({type(exc).__name__}: {detail[:200]})"
+    if not isinstance(saved, dict):
+        return f"not a Lightning checkpoint (it holds a {type(saved).__name__})"
+    missing = [key for key in RESUME_KEYS if key not in saved]
+    if missing:
+        return f"not a resumable Lightning checkpoint (no {', '.join(missing)})"
+    state = saved["state_dict"]
+    wrong = [
+        name
+        for name, tensor in expected.items()
+        if not (isinstance(state, dict) and isinstance(state.get(name), torch.Tensor))
+        or state[name].shape != tensor.shape
+    ]
+    if wrong:
+        shown = f"{len(wrong)} of {len(expected)} missing or of another shape, e.g. {wrong[0]}"
+        return f"its weights do not fit the network ({shown})"
+    return None
+
+
+def set_aside(path: Path, folder: Path) -> Path:
+    """Move ``path`` into ``folder`` as ``<run folder>-<name>.bad-<UTC time>``: kept for inspection
+    (the run's own folder is removed once it succeeds) and never resumed from."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = folder / f"{path.parent.parent.name}-{path.name}.bad-{stamp}-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    except OSError as exc:
+        raise DataValidationError(
+            path, "an unusable resume checkpoint that could not be moved aside", f"{exc}; delete it"
+        ) from None
+    return target
+
+
+def resume_checkpoint(
+    folder: Path, expected: Mapping[str, torch.Tensor], aside: Path | None
+) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from: ``last.ckpt``, else the one before it, else None (from scratch).
+
+    Each unusable one is moved into the folder ``aside`` if given (by global rank zero; the other
+    ranks skip a bad file whether it is still there or already moved, so every rank picks the same
+    one). Returns it and one line per discarded file: the file, why, and where it went.
+    """
+    discarded: list[str] = []
+    for path in (folder / f"{LAST}.ckpt", folder / PREVIOUS_LAST):
+        if not path.is_file():
+            continue
+        problem = checkpoint_problem(path, expected)
+        if problem is None:
+            return path, discarded
+        if aside is not None:
+            discarded.append(f"{path}: {problem}; moved to {set_aside(path, aside)}")
+    return None, discarded
 
 
 def build_trainer(
