@@ -1,7 +1,7 @@
 """Keep DVC's record true when stages run outside ``dvc repro`` (the Prefect flow).
 
-The flow runs the same component functions as the ``dvc.yaml`` stages, in parallel where DVC
-cannot (DVC runs one stage at a time per workspace). Around each stage it asks DVC two questions:
+The flow runs the same component functions as the ``dvc.yaml`` stages. Around each stage it asks
+DVC two questions:
 
 - **before**: is the stage up to date (``dvc status <stage>`` empty)? Then it is skipped, as
   ``dvc repro`` would skip it.
@@ -11,13 +11,11 @@ cannot (DVC runs one stage at a time per workspace). Around each stage it asks D
 
 A stage whose settings differ from ``params.yaml`` (flow-parameter overrides of keys the stage
 reads, or of any stage upstream of it) is *detached*: it always runs and is never committed, since
-``dvc.lock`` describes ``params.yaml``. DVC calls are serialised within the process (the tasks run
-in threads); DVC's own repository lock guards against other processes.
+``dvc.lock`` describes ``params.yaml``. DVC's own repository lock guards against other processes.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,6 @@ from components.config import Params, flatten, load_params
 from components.errors import ProjectSetupError
 
 PARAMS_FILE = "params.yaml"
-_LOCK = threading.Lock()
 
 
 def changed_keys(effective: Params, project_root: Path | str) -> frozenset[str]:
@@ -59,7 +56,7 @@ class DvcStages:
         root = Path(project_root).resolve()
         if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
             return None
-        with _LOCK, _open_repo(root):
+        with _open_repo(root):
             pass
         return cls(root, changed_keys(effective, root))
 
@@ -76,7 +73,7 @@ class DvcStages:
             return False
         import networkx as nx
 
-        with _LOCK, self._repo() as repo:
+        with self._repo() as repo:
             graph = repo.index.graph
             by_name = {s.name: s for s in graph.nodes if s.dvcfile.path == str(self.root / "dvc.yaml")}
             if stage not in by_name:
@@ -91,14 +88,14 @@ class DvcStages:
         """``dvc status <stage>`` reports nothing to do (and the stage follows ``params.yaml``)."""
         if self.detached(stage):
             return False
-        with _LOCK, self._repo() as repo:
+        with self._repo() as repo:
             return not repo.status(targets=[self._target(stage)])
 
     def record(self, stage: str) -> bool:
         """``dvc commit --force <stage>`` unless detached; return whether it was recorded."""
         if self.detached(stage):
             return False
-        with _LOCK, self._repo() as repo:
+        with self._repo() as repo:
             repo.commit(self._target(stage), force=True)
         return True
 

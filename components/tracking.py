@@ -40,7 +40,6 @@ from components.config import Params
 from components.errors import PipelineError, Preempted, TransientError, is_transient
 from components.hashing import sha256_bytes
 from components.processes import ProcessRef, is_gone, say, this_process
-from components.torch_turns import StopRequested
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -320,7 +319,7 @@ class Tracker:
         try:
             yield run
             status = RunStatus.to_string(RunStatus.FINISHED)
-        except (KeyboardInterrupt, StopRequested, Preempted):
+        except (KeyboardInterrupt, Preempted):
             status = RunStatus.to_string(RunStatus.KILLED)
             raise
         finally:

@@ -1,26 +1,23 @@
-"""The whole pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate -> register) x arch.
+"""The whole pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate) x arch -> register.
 
-Wiring only: every task calls the component function its DVC stage calls. Training on one device
-runs in this process, one architecture at a time (training seeds process-wide random generators and
-sets torch's deterministic mode, so two at once would change each other's results); training on
-several devices runs the stage's own command under ``torchrun`` (see
-:mod:`components.training.launch`), one launch at a time, since each takes every device it names.
-Several nodes are beyond one flow run: each node must start its own processes (``infra/slurm``,
-``infra/k8s``), so the flow refuses ``train.num_nodes`` > 1 before it starts. DVC stays the
-record: a stage DVC reports up to date is skipped, and each stage that ran is committed to
-``dvc.lock`` (see :mod:`components.dvc_sync`), so ``dvc status`` is clean after a flow run.
+Wiring only: every task calls the component function its DVC stage calls, and the flow follows
+``dvc.yaml``'s DAG (:func:`stage_dag`; a test compares the two). Stages run one after another in the
+flow's own thread, each a Prefect task (the UI shows every task and its state): training seeds and
+draws from process-wide random generators, so one torch job at a time is what keeps the flow's
+results equal to ``dvc repro``'s. Training on several devices runs the stage's own command under
+``torchrun`` (see :mod:`components.training.launch`): real parallelism is separate processes, never
+threads sharing one torch. Several nodes are beyond one flow run (``infra/slurm``, ``infra/k8s``),
+so the flow refuses ``train.num_nodes`` > 1 before it starts.
 
-- Architectures are submitted concurrently and each one's evaluate starts when its own training is
-  done; the in-process work (one-device training, evaluate, register) takes turns, so results do
-  not depend on timing; ``torchrun`` trainings take turns with each other (the in-process
-  evaluation and registration of a trained architecture run meanwhile).
-  Registrations run one at a time in ``train.architectures`` order (version numbers and the
-  champion among equals do not depend on which training finished first).
+DVC stays the record: a stage DVC reports up to date is skipped, and each stage that ran is committed
+to ``dvc.lock`` (see :mod:`components.dvc_sync`), so ``dvc status`` is clean after a flow run.
+
 - Retries only for transient failures (a tracking server that did not answer), never bad input.
-- One architecture failing does not stop the others: every branch runs to its end, then the flow
-  fails with the first failed stage's own error (``flow failed: <message>``, exit 2 or 75).
-- Interrupting the flow (Ctrl-C) stops every branch: a training stops at its next batch (a
-  ``torchrun`` launch is stopped), nothing later starts, and nothing more is written or recorded.
+- A failing stage does not stop the stages that do not depend on it (the other architectures); the
+  flow then fails with the first failed stage's own error (``flow failed: <message>``, exit 2 or 75).
+  ``register`` runs only when every training succeeded, as under ``dvc repro``.
+- SIGTERM or Ctrl-C stops the flow: a training writes its resume checkpoint at the end of the
+  current step, nothing later starts, nothing more is recorded, and the command exits 143.
 - The flow owns the MLflow parent run; every run and model version carries the Prefect flow-run id,
   the git commit and the data version.
 
@@ -38,15 +35,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from prefect import allow_failure, flow, get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.client.schemas.objects import TaskRun
-from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.states import State
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task
 
 from components.config import Architecture, Params, load_params
@@ -54,18 +49,11 @@ from components.data.ingest import ingest
 from components.data.prepared import data_version
 from components.data.preprocess import preprocess
 from components.dvc_sync import DvcStages, run_unless_up_to_date
-from components.errors import ParamsError, is_transient
-from components.torch_turns import (
-    clear_stop,
-    one_at_a_time,
-    one_launch_at_a_time,
-    request_stop,
-    stop_requested,
-)
+from components.errors import ParamsError, Preempted, is_transient
 
 # torch, Lightning and MLflow (train, evaluate, register, tracking) are imported by the tasks that
 # use them: importing this module is what `flows.deploy`, a deployment's registration and `--help`
-# pay, about 25 s more on a small CPU with them at the top.
+# pay, many seconds more with them at the top.
 if TYPE_CHECKING:
     from components.registry.register import Decision
 
@@ -98,9 +86,8 @@ def only_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
 # fails the flow in about 2 minutes (it took 12).
 RETRY: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 20], "retry_condition_fn": only_transient}
 
-# Seconds to wait for Prefect's ephemeral server (no PREFECT_API_URL) to answer. Prefect waits 20 s;
-# the first start on a fresh 2-core machine (bytecode not compiled yet, the server's imports and its
-# SQLite migrations) took longer, and `make run` failed there before doing anything.
+# Seconds to wait for Prefect's ephemeral server (no PREFECT_API_URL) to answer. Prefect waits 20 s,
+# less than a first start takes on a small, busy machine (bytecode compiled, SQLite migrations).
 EPHEMERAL_SERVER_STARTUP_TIMEOUT_S = 180
 EPHEMERAL_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
@@ -211,7 +198,6 @@ def open_parent_task(run: PipelineRun) -> str:
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
     """``train@<arch>``: in this process on one device, the stage command under ``torchrun`` on several."""
     from components.tracking import PARENT_ENV
-    from components.training.callbacks import StopWhen
     from components.training.launch import launch_training, needs_launcher
     from components.training.train import train
 
@@ -219,17 +205,15 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
 
     def launched() -> None:
         env = {PARENT_ENV: run.parent_run_id} if run.parent_run_id else {}
-        one_launch_at_a_time(
-            launch_training, run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags,
-            env=env, on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
-            should_stop=stop_requested,
+        launch_training(
+            run.params, arch, PREPARED, out, project_root=run.root, tags=run.tags, env=env,
+            on_line=lambda line: print(f"[train@{arch}] {line}", file=sys.stderr, flush=True),
         )  # fmt: skip
 
     def in_process() -> None:
-        one_at_a_time(
-            train, run.params, arch, run.path(PREPARED), run.path(out), work_root=run.path(WORK),
+        train(
+            run.params, arch, run.path(PREPARED), run.path(out), work_root=run.path(WORK),
             project_root=run.root, tags=run.tags, parent_run_id=run.parent_run_id, progress_bar=False,
-            callbacks=[StopWhen(stop_requested, arch)],
         )  # fmt: skip
 
     body = launched if needs_launcher(run.params.train) else in_process
@@ -240,66 +224,86 @@ def train_task(run: PipelineRun, arch: Architecture) -> bool:
 def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
     from components.evaluation.evaluate import evaluate
 
-    return run_unless_up_to_date(
-        run.dvc,
-        f"evaluate@{arch}",
-        lambda: one_at_a_time(
-            evaluate,
-            run.params,
-            arch,
-            run.path(PREPARED),
-            run.path(f"{MODELS}/{arch}"),
-            run.path(f"{REPORTS}/{arch}"),
-            project_root=run.root,
-        ),
-    )
+    def body() -> None:
+        models, reports = run.path(f"{MODELS}/{arch}"), run.path(f"{REPORTS}/{arch}")
+        evaluate(run.params, arch, run.path(PREPARED), models, reports, project_root=run.root)
+
+    return run_unless_up_to_date(run.dvc, f"evaluate@{arch}", body)
 
 
-@task(name="register", task_run_name="register[{arch}]", **RETRY)
-def register_task(run: PipelineRun, arch: Architecture) -> Decision:
-    from components.registry.register import register
+@task(name="register", **RETRY)
+def register_task(run: PipelineRun) -> dict[str, Any]:
+    """The ``register`` stage (every architecture, then ``reports/registration.json``), recorded in
+    ``dvc.lock``. Always runs: registration is idempotent and the registry is outside DVC's view."""
+    from components.registry.register import register_all
 
-    decision = one_at_a_time(
-        register,
-        run.params,
-        arch,
-        run.path(f"{MODELS}/{arch}"),
-        run.path(PREPARED),
-        project_root=run.root,
-        tags=run.tags,
-    )
-    get_run_logger().info("register[%s]: version %s: %s", arch, decision.version, decision.reason)
-    return decision
+    def say(decision: Decision) -> None:
+        get_run_logger().info(
+            "register@%s: version %s: %s", decision.architecture, decision.version, decision.reason
+        )
 
-
-@task(name="registration-report", **RETRY)
-def report_task(run: PipelineRun, decisions: list[Decision]) -> dict[str, Any]:
-    """``reports/registration.json``, recorded as the ``register`` stage's output."""
-    from components.registry.register import champion_version, write_report
-
-    champion = champion_version(run.params, run.root)
-    report = write_report(decisions, champion, run.path(REGISTRATION))
+    report = register_all(
+        run.params, run.path(MODELS), run.path(PREPARED), run.path(REGISTRATION),
+        project_root=run.root, tags=run.tags, on_decision=say,
+    )  # fmt: skip
     if run.dvc is not None:
         run.dvc.record("register")
     return report
 
 
-def raise_first_failure(futures: dict[str, PrefectFuture[Any]]) -> None:
-    """Re-raise the error of the first failed task among finished ``futures`` (by name, in order):
-    a stage's own :class:`PipelineError` keeps its message and exit code; later failures are logged.
+STAGE_TASKS: dict[str, Task[..., Any]] = {
+    "train": train_task,
+    "evaluate": evaluate_task,
+    "register": register_task,
+}
+DATA_STAGES = ("ingest", "preprocess")  # run first, outside run_stages: everything needs them
 
-    Tasks that never ran because an upstream failed (Prefect's NotReady) are not failures of their
-    own: the upstream's error is the one that says what to fix.
-    """
-    failed = [
-        (name, future)
-        for name, future in futures.items()
-        if future.state.is_final() and not future.state.is_completed()  # failed, crashed, cancelled
-    ]
-    for name, future in failed[1:]:
-        get_run_logger().error("%s also failed: %s", name, future.state.result(raise_on_failure=False))
+
+def stage_dag(architectures: list[Architecture]) -> dict[str, list[str]]:
+    """Each stage after the data stages, in the order the flow runs them, with the stages it needs:
+    ``dvc.yaml``'s edges (``register`` reads every model folder, not the reports)."""
+    dag: dict[str, list[str]] = {"ingest": [], "preprocess": ["ingest"]}
+    for arch in architectures:
+        dag[f"train@{arch}"] = ["preprocess"]
+        dag[f"evaluate@{arch}"] = ["preprocess", f"train@{arch}"]
+    dag["register"] = ["preprocess", *(f"train@{arch}" for arch in architectures)]
+    return dag
+
+
+def stage_state(run: PipelineRun, stage: str) -> State[Any]:
+    """Run ``stage`` (``train@mlp``, ``register``) as its Prefect task here; its final state."""
+    kind, _, arch = stage.partition("@")
+    arguments = (run, arch) if arch else (run,)
+    return cast("State[Any]", STAGE_TASKS[kind](*arguments, return_state=True))
+
+
+def run_stages(run: PipelineRun, dag: dict[str, list[str]]) -> dict[str, Any]:
+    """Run every stage of ``dag`` after the data stages in order, each once its upstream succeeded;
+    return each one's result. A failed stage stops only what depends on it; then the first failure
+    is raised. SIGTERM or Ctrl-C (``Preempted``, ``KeyboardInterrupt``) stops everything at once."""
+    results: dict[str, Any] = {}
+    failed: dict[str, BaseException] = {}
+    logger = get_run_logger()
+    for stage, upstream in dag.items():
+        if stage in DATA_STAGES:
+            continue
+        blocked = [name for name in upstream if name not in DATA_STAGES and name not in results]
+        if blocked:
+            logger.warning("%s: not run, %s did not succeed", stage, ", ".join(blocked))
+            continue
+        state = stage_state(run, stage)
+        if state.is_completed():
+            results[stage] = state.result()
+            continue
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, Preempted):
+            raise error
+        failed[stage] = error if isinstance(error, BaseException) else RuntimeError(f"{stage}: {state}")
+    for stage, error in list(failed.items())[1:]:
+        logger.error("%s also failed: %s", stage, error)
     if failed:
-        failed[0][1].result()
+        raise next(iter(failed.values()))
+    return results
 
 
 def effective_params(
@@ -327,13 +331,13 @@ def effective_params(
         raise ParamsError(
             f"train.num_nodes: {params.train.num_nodes}: the flow trains on its own machine only; start "
             "the train stage on every node (infra/slurm/train.sbatch, infra/k8s/train-job.yaml, or "
-            "torchrun with a rendezvous: README 'Running on a GPU cluster') and run the flow with "
+            "torchrun with a rendezvous: docs/cluster.md) and run the flow with "
             "train.num_nodes: 1"
         )
     return params
 
 
-@flow(name=FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)  # type: ignore[arg-type]
+@flow(name=FLOW_NAME, log_prints=True)
 def training_pipeline(
     project_root: str = ".",
     params_file: str = "params.yaml",
@@ -357,46 +361,18 @@ def training_pipeline(
         dvc=DvcStages.open(root, settings),
         tags={"prefect.flow_run_id": run_id, "prefect.flow_run_name": str(flow_run.name or "local")},
     )
-
-    clear_stop()  # a run interrupted earlier in this process stopped its jobs; these may run
     data_stages = {"ingest": ingest_task(run), "preprocess": preprocess_task(run)}
     parent = open_parent_task(run)
     run = replace(run, parent_run_id=parent)
-
-    registrations: list[PrefectFuture[Decision]] = []
-    every_task: dict[str, PrefectFuture[Any]] = {}  # by name, architecture by architecture
-    for arch in settings.train.architectures:
-        trained = train_task.submit(run, arch)
-        evaluated = evaluate_task.submit(run, arch, return_state=False, wait_for=[trained])
-        previous = [allow_failure(registrations[-1])] if registrations else []
-        registered = register_task.submit(run, arch, return_state=False, wait_for=[evaluated, *previous])
-        registrations.append(registered)
-        every_task |= {
-            f"train@{arch}": trained,
-            f"evaluate@{arch}": evaluated,
-            f"register@{arch}": registered,
-        }
-
     tracker = Tracker.open(experiment_name(settings), root)
     try:
-        # Every branch runs to its end before any result is read: reading a branch whose upstream
-        # failed (state NotReady) would raise Prefect's UnfinishedRun and cancel the branches
-        # still running, so one architecture's bad settings would stop the others mid-training.
-        wait(list(every_task.values()))
-        raise_first_failure(every_task)
-        decisions = [future.result() for future in registrations]
-        report = report_task(run, decisions)
+        results = run_stages(run, stage_dag(settings.train.architectures))
     except BaseException as exc:
-        # Ctrl-C (or Prefect cancelling the run) lands here, in the main thread, while the
-        # branches' worker threads would train and record on: they stop at their next batch.
-        request_stop()
-        tracker.end_parent(parent, succeeded=False, interrupted=not isinstance(exc, Exception))
+        interrupted = isinstance(exc, Preempted) or not isinstance(exc, Exception)
+        tracker.end_parent(parent, succeeded=False, interrupted=interrupted)
         raise
-    # train@/evaluate@<arch> return whether the stage ran (register@ returns its decision).
-    stage_runs = {
-        name: future.result() for name, future in every_task.items() if not name.startswith("register@")
-    }
-    stages = {**data_stages, **stage_runs}
+    report = results.pop("register")
+    stages = {**data_stages, **results}  # train@/evaluate@<arch>: whether the stage ran
     skipped = sorted(name for name, did in stages.items() if not did)
     nothing_ran = NOTHING_RAN_TAGS if not any(stages.values()) else {}
     tracker.end_parent(
@@ -405,13 +381,17 @@ def training_pipeline(
     return {"stages_run": stages, "registration": report, "parent_run_id": parent}
 
 
+_STOPPING: list[int] = []
+
+
 def _sigterm_as_ctrl_c(signum: int, frame: object) -> None:
     """SIGTERM (a preempted job) stops the flow as Ctrl-C does; once stopping, later ones wait for it.
 
     During the flow run Prefect's own handler takes SIGTERM first and, after the flow stopped its
     branches, sends it again to reach this one: then it must not interrupt the shutdown.
     """
-    if not stop_requested():
+    if not _STOPPING:
+        _STOPPING.append(signum)
         raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
@@ -474,7 +454,6 @@ def main(
     try:
         run_stage("flow", body)
     except (KeyboardInterrupt, TerminationSignal):
-        request_stop()  # the worker threads' trainings stop at their next step; exit waits for them
         console.print("flow stopped: run it again to resume", highlight=False)
         sys.exit(EXIT_PREEMPTED)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from components.config import load_params
 from pipelines._cli import console, run_stage
+
+if TYPE_CHECKING:
+    from components.registry.register import Decision
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -24,21 +27,18 @@ def main(
 
     def body() -> None:
         settings = load_params(params)
-        # Imported after the settings are validated: a bad params.yaml fails in a second, not after
-        # the ~15 s it takes to import torch, Lightning and MLflow.
-        from components.registry.register import champion_version, check_registrable, register, write_report
+        # Imported after the settings are validated: a bad params.yaml fails before torch loads.
+        from components.registry.register import register_all
 
-        for arch in settings.train.architectures:  # all readable first: a broken one registers none
-            check_registrable(arch, models / arch, prepared)
-        decisions = []
+        def say(decision: Decision) -> None:
+            console.print(
+                f"register@{decision.architecture}: version {decision.version}: {decision.reason}",
+                highlight=False,
+            )
+
         # The tracking store and code tags come from the working directory, as in train and
         # evaluate (DVC runs every stage from the project root), not from where --params lives.
-        root = Path(".")
-        for arch in settings.train.architectures:
-            decision = register(settings, arch, models / arch, prepared, project_root=root)
-            console.print(f"register@{arch}: version {decision.version}: {decision.reason}", highlight=False)
-            decisions.append(decision)
-        write_report(decisions, champion_version(settings, root), out)
+        register_all(settings, models, prepared, out, project_root=Path("."), on_decision=say)
 
     run_stage("register", body)
 

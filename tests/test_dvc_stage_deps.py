@@ -103,3 +103,20 @@ def test_a_package_init_with_code_is_not_taken_for_a_docstring(tmp_path: Path) -
     assert _only_a_docstring(init)
     init.write_text('"""Docs."""\nDEFAULT = 3\n')
     assert not _only_a_docstring(init)
+
+
+def test_the_flow_follows_dvc_yamls_dag() -> None:
+    """The flow runs a stage only after the stages it needs, as ``dvc repro`` does: its DAG
+    (``flows.pipeline.stage_dag``) has exactly the edges DVC derives from ``dvc.yaml``'s deps and outs
+    (``register`` reads every model folder and not the reports, so it waits on training alone)."""
+    from dvc.repo import Repo
+
+    from components.config import load_params
+    from flows.pipeline import stage_dag
+
+    archs = load_params(REPO / "params.yaml").train.architectures
+    with Repo(str(REPO)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        dvc_edges = {(stage.addressing, needed.addressing) for stage, needed in graph.edges}
+    flow_edges = {(stage, needed) for stage, upstream in stage_dag(archs).items() for needed in upstream}
+    assert flow_edges == dvc_edges

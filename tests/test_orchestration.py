@@ -246,28 +246,6 @@ def test_every_cli_option_help_survives_rich_markup(module: str) -> None:
     assert not [text for text in helps if "[" in str(text)]
 
 
-def test_after_a_stop_request_no_job_starts_until_the_next_run_clears_it() -> None:
-    from components.torch_turns import (
-        StopRequested,
-        clear_stop,
-        one_at_a_time,
-        one_launch_at_a_time,
-        request_stop,
-    )
-
-    ran: list[int] = []
-    request_stop()
-    try:
-        with pytest.raises(StopRequested, match="append: stopped, the run was interrupted"):
-            one_at_a_time(ran.append, 1)
-        with pytest.raises(StopRequested):
-            one_launch_at_a_time(ran.append, 2)
-    finally:
-        clear_stop()
-    one_at_a_time(ran.append, 3)
-    assert ran == [3]
-
-
 def test_the_cli_ephemeral_server_outlives_a_ctrl_c_to_the_process_group() -> None:
     """A terminal's Ctrl-C reaches every process of the foreground group. Prefect's ephemeral server
     stopped at once; the interrupted flow then printed connection tracebacks and hung at exit

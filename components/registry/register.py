@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,6 @@ NETWORKS_DIR = Path(__file__).resolve().parents[1] / "models"  # torch-only; cop
 WEIGHTS_TAG = "weights.sha256"
 DECISION_TAG = "registry.decision"
 REASON_TAG = "registry.reason"
-# One registration at a time in this process (threads of one flow wait here rather than poll the lease).
-_LOCK = threading.Lock()
 # The load-time settings the wrapper reads (pyfunc_model.py), with their defaults.
 WRAPPER_CONFIG = {"device": "auto", "check_pixel_range": True}
 
@@ -188,13 +185,39 @@ def register(
     """Register ``model_dir`` (if its weights are new) and gate ``champion``; return the decision."""
     candidate = _candidate(arch, Path(model_dir), Path(prepared_dir))
     tracker = Tracker.open(experiment_name(params), project_root)
-    with _LOCK, fluent_tracking(tracker.uri):
+    with fluent_tracking(tracker.uri):
         try:
             with registry_lease(tracker.client, registered_model_name(params)):
                 decision = _register_under_lease(tracker, params, candidate, project_root, tags)
         except MlflowException as exc:
             raise tracking_error(tracker.uri, exc) from exc
     return decision
+
+
+def register_all(
+    params: Params,
+    models_dir: Path | str,
+    prepared_dir: Path | str,
+    report_path: Path | str,
+    *,
+    project_root: Path | str = ".",
+    tags: Mapping[str, str] | None = None,
+    on_decision: Callable[[Decision], None] = lambda decision: None,
+) -> dict[str, Any]:
+    """The ``register`` stage: every architecture of ``train.architectures``, in that order, then the
+    report at ``report_path``; returns the report. Every model folder is checked first, so a broken
+    one fails the stage before any version is added. ``on_decision`` hears each decision as made."""
+    archs = params.train.architectures
+    for arch in archs:
+        check_registrable(arch, Path(models_dir) / arch, prepared_dir)
+    decisions = []
+    for arch in archs:
+        decision = register(
+            params, arch, Path(models_dir) / arch, prepared_dir, project_root=project_root, tags=tags
+        )
+        on_decision(decision)
+        decisions.append(decision)
+    return write_report(decisions, champion_version(params, project_root), report_path)
 
 
 def check_registrable(arch: Architecture, model_dir: Path | str, prepared_dir: Path | str) -> None:

@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 
-from components.torch_turns import StopRequested
 from components.training.artifacts import weights_digest
 
 EPOCH_METRICS = ("train_loss", "train_acc", "train_f1_macro", "val_loss", "val_acc", "val_f1_macro")
@@ -91,33 +90,3 @@ class ReplicaDigests(Callback):
             self.digests = [str(digest) for digest in gathered]
         else:
             self.digests = [mine]
-
-
-class StopWhen(Callback):
-    """Stops training once ``should_stop()`` is true, for training in a worker thread (the flow),
-    which Ctrl-C does not reach.
-
-    :func:`~components.training.train.train` hands ``should_stop`` to its resume checkpoint, which
-    asks it at the end of each training step, writes ``last.ckpt`` there and raises
-    :class:`StopRequested`; this callback itself stops a validation pass between batches (no
-    checkpoint mid-validation: the previous one stays). Lightning ends the fit on the exception
-    (its ``on_exception`` hooks run); nothing is written to the model folder.
-    """
-
-    def __init__(self, should_stop: Callable[[], bool], label: str) -> None:
-        self.should_stop = should_stop
-        self.label = label
-
-    def on_validation_batch_start(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if self.should_stop():
-            raise StopRequested(
-                f"train@{self.label}: stopped at step {trainer.global_step} (validating), the run was "
-                "interrupted"
-            )

@@ -61,7 +61,6 @@ from components.errors import (
     TransientError,
     recorded_exit_codes,
 )
-from components.torch_turns import StopRequested
 from components.training.artifacts import TRAIN_INFO, read_train_info
 from components.training.preemption import sigterm_raises
 from components.training.speed import device_kind
@@ -76,7 +75,6 @@ TORCHRUN_SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 TORCHRUN_SHUTDOWN_S = 30.0
 STOP_MARGIN_S = 15.0
 KILL_WAIT_S = 10.0
-STOP_POLL_S = 0.5  # how often a launch checks whether its caller asked it to stop
 
 
 class TrainingLaunchError(PipelineError):
@@ -251,7 +249,6 @@ def run_streaming(
     timeout_s: float | None = None,
     stop_grace_s: float | None = None,
     kill_wait_s: float = KILL_WAIT_S,
-    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line`` as it comes.
 
@@ -266,10 +263,8 @@ def run_streaming(
     On a timeout or an interrupt the command's process group gets SIGTERM (torchrun passes it on to
     its workers, which run in sessions of their own); after ``stop_grace_s`` (default: torchrun's
     shutdown timeout plus :data:`STOP_MARGIN_S`) the group and every process that was under the
-    command, workers included, get SIGKILL. The same happens, raising :class:`StopRequested`, once
-    ``should_stop()`` is true (checked every :data:`STOP_POLL_S`): a caller in a worker thread,
-    which Ctrl-C does not reach, stops the launch this way. A SIGTERM to this process (main thread)
-    stops the launch too, then raises :class:`TrainingPreempted` with what the ranks recorded.
+    command, workers included, get SIGKILL. A SIGTERM to this process (main thread) stops the launch
+    the same way, then raises :class:`TrainingPreempted` with what the ranks recorded.
     """
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     grace_s = default_stop_grace_s(env) if stop_grace_s is None else stop_grace_s
@@ -300,7 +295,7 @@ def run_streaming(
         # passes it on to the ranks, which write their checkpoints and exit 143.
         with sigterm_raises(f"training stopped by SIGTERM: {what}"):
             try:
-                returncode = _wait(process, timeout_s, should_stop, what)
+                returncode = process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 _stop(process, grace_s, kill_wait_s)
                 reader.join(timeout=5)
@@ -342,25 +337,6 @@ def _raise_failed(
     if EXIT_TRANSIENT in codes:
         raise TrainingUnavailable(f"training could not reach a service ({why}): {what}", EXIT_TRANSIENT, tail)
     raise TrainingLaunchError(f"training exited with status {returncode}: {what}", returncode, tail)
-
-
-def _wait(
-    process: subprocess.Popen[str], timeout_s: float | None, should_stop: Callable[[], bool] | None, what: str
-) -> int:
-    """``process``'s exit status; ``TimeoutExpired`` after ``timeout_s``, :class:`StopRequested` as
-    soon as ``should_stop()`` (the process is still running in both cases)."""
-    if should_stop is None:
-        return process.wait(timeout=timeout_s)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        if should_stop():
-            raise StopRequested(f"stopped, the run was interrupted: {what}")
-        step = STOP_POLL_S if deadline is None else min(STOP_POLL_S, max(deadline - time.monotonic(), 0.0))
-        try:
-            return process.wait(timeout=step)
-        except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -422,15 +398,14 @@ def launch_training(
     env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] = _stderr_line,
     timeout_s: float | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> LaunchResult:
     """Train ``arch`` in a subprocess: the stage command, or ``torchrun`` when ``train.devices`` or
     ``train.num_nodes`` ask for more than one process.
 
     Same arguments as :func:`~components.training.train.train`, plus where several nodes meet,
     extra environment for the ranks (``MLFLOW_TRACKING_URI``, ``PIPELINE_PARENT_RUN_ID``, ...), a
-    line sink for their output (default: this process's stderr), an optional time limit and an
-    optional stop check (see :func:`run_streaming`).
+    line sink for their output (default: this process's stderr) and an optional time limit (see
+    :func:`run_streaming`).
     Relative paths are taken from ``project_root``, the processes' working directory.
     Raises :class:`TrainingLaunchError` if any rank fails (:class:`TrainingUnavailable` when one
     exited 75, ``returncode`` 2 when one rejected its input; see :func:`run_streaming`), and
@@ -462,7 +437,6 @@ def launch_training(
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         on_line=on_line,
         timeout_s=timeout_s,
-        should_stop=should_stop,
     )
     seconds = time.perf_counter() - started
     params_file.unlink(missing_ok=True)

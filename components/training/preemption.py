@@ -7,9 +7,8 @@ training that never finished) and Ctrl-C a ``sys.exit(1)`` wherever it landed.
 - During the training loop :class:`StopSignals` takes both signals over: its handler only notes the
   signal; the resume checkpoint callback (:class:`~components.training.trainer.ResumeCheckpoint`)
   asks :meth:`StopSignals.requested` at the end of each training step (every DDP rank together, so
-  all stop at the same step), writes ``last.ckpt`` there and raises :class:`Preempted`. A caller's
-  stop check (the flow's, for training in a worker thread) is asked at the same points and raises
-  :class:`StopRequested` instead. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+  all stop at the same step), writes ``last.ckpt`` there and raises :class:`Preempted`. A second
+  Ctrl-C raises ``KeyboardInterrupt`` at once.
 - Outside the loop (loading data, opening the MLflow run, writing the model folder)
   :func:`sigterm_raises` turns SIGTERM into :class:`Preempted` at once: nothing a rerun needs is
   being written then, and the model folder is written atomically.
@@ -22,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,12 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from components.errors import Preempted
-from components.torch_turns import StopRequested
 
 if TYPE_CHECKING:
     import lightning as L
 
-STOP_REQUEST = 1 << 16  # above every signal number: a caller's stop check, not a signal
 _HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -46,9 +43,8 @@ def _in_main_thread() -> bool:
 class StopSignals:
     """Notes SIGTERM/SIGINT while installed, and tells every rank at once whether to stop."""
 
-    def __init__(self, label: str, checks: Sequence[Callable[[], bool]] = ()) -> None:
+    def __init__(self, label: str) -> None:
         self.label = label
-        self.checks = list(checks)  # a caller's stop requests (the flow's), asked with the signals
         self.received = 0  # the first signal noted, 0 for none
         self._previous: dict[int, Any] = {}
 
@@ -71,25 +67,20 @@ class StopSignals:
         self.received = self.received or signum
 
     def requested(self, trainer: L.Trainer) -> int:
-        """Why to stop (a signal number or :data:`STOP_REQUEST`), or 0: the same answer on every rank.
+        """The signal to stop for, or 0: the same answer on every rank.
 
         Under DDP one all-reduce (max) per call: the ranks get SIGTERM at slightly different times,
         and a rank stopping alone would leave the others waiting in a collective.
         """
-        code = self.received or (STOP_REQUEST if any(check() for check in self.checks) else 0)
+        code = self.received
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             flag = torch.tensor([code], dtype=torch.int64, device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             code = int(flag.item())
         return code
 
-    def stopped(self, code: int, step: int, checkpoint: Path) -> Exception:
+    def stopped(self, code: int, step: int, checkpoint: Path) -> Preempted:
         """The exception that ends the fit after ``checkpoint`` was written at ``step``."""
-        if code == STOP_REQUEST:
-            return StopRequested(
-                f"train@{self.label}: stopped at step {step}, the run was interrupted; "
-                f"{checkpoint} resumes it"
-            )
         return Preempted(
             f"train@{self.label}: stopped by {signal.Signals(code).name} at step {step}; nothing was "
             f"written to the model folder; run the same command again to resume from {checkpoint}"

@@ -42,7 +42,7 @@ from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
 from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, pipeline_key
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
-from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests, StopWhen
+from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
 from components.training.data import ClassificationData
 from components.training.launch import check_launched_world_size, processes_per_node
 from components.training.module import Classifier
@@ -227,8 +227,7 @@ def train(
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
     history = EpochHistory()
     replicas = ReplicaDigests()
-    # Stops on SIGTERM, Ctrl-C and the caller's stop checks, with last.ckpt written first.
-    stop = StopSignals(arch, [cb.should_stop for cb in callbacks if isinstance(cb, StopWhen)])
+    stop = StopSignals(arch)  # SIGTERM and Ctrl-C stop the fit with last.ckpt written first
     resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps, stop)
     every: list[Callback] = [history, replicas, resume_cb, best_cb, *callbacks]
     if not interactive:

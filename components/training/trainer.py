@@ -51,8 +51,10 @@ class ResumeCheckpoint(Checkpoint):
         if self.stop is not None:
             self.stop.install()  # after Lightning's own SIGTERM handler, which it replaces
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        last_of_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         stop = self.stop.requested(trainer) if self.stop is not None and not last_of_epoch else 0
         n = self.every_n_steps
         if stop or (n and trainer.global_step // n > self._saved_step // n):
