@@ -458,3 +458,53 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def key_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.max_epochs=3", ...]`` from ``--set`` options: dotted key to its YAML value.
+
+    A pair without ``=`` is refused rather than read as ``key: null`` (which a nullable key would
+    accept silently); the values are then checked by the params schema like any other setting.
+    """
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set {pair!r}: expected KEY=VALUE (a YAML value; KEY=null for null)")
+        try:
+            overrides[key.strip()] = parse_yaml(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ParamsError(f"--set {pair!r}: the value is not valid YAML ({problem})") from None
+    return overrides
+
+
+def effective_params(
+    params_file: Path,
+    architectures: list[str] | None,
+    max_epochs: int | None,
+    data_source: str | None,
+    overrides: dict[str, Any] | None,
+) -> Params:
+    """``params_file`` with the flow parameters applied, validated by the same schema as the stages.
+
+    ``train.num_nodes`` > 1 is refused here, before anything runs: one flow run starts processes on
+    its own machine only, and the other nodes' processes must be started there (SLURM, Kubernetes).
+    """
+    chosen: dict[str, Any] = dict(overrides or {})
+    for key, value in (
+        ("train.architectures", architectures),
+        ("train.max_epochs", max_epochs),
+        ("data.source", data_source),
+    ):
+        if value is not None:
+            chosen[key] = value
+    params = load_params(params_file, chosen)
+    if params.train.num_nodes > 1:
+        raise ParamsError(
+            f"train.num_nodes: {params.train.num_nodes}: the flow trains on its own machine only; start "
+            "the train stage on every node (infra/slurm/train.sbatch, infra/k8s/train-job.yaml, or "
+            "torchrun with a rendezvous: docs/cluster.md) and run the flow with "
+            "train.num_nodes: 1"
+        )
+    return params

@@ -44,12 +44,12 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.tasks import Task
 
-from components.config import Architecture, Params, load_params
+from components.config import Architecture, Params, effective_params
 from components.data.ingest import ingest
 from components.data.prepared import data_version
 from components.data.preprocess import preprocess
 from components.dvc_sync import DvcStages, run_unless_up_to_date
-from components.errors import ParamsError, Preempted, is_transient
+from components.errors import Preempted, is_transient
 
 # torch, Lightning and MLflow (train, evaluate, register, tracking) are imported by the tasks that
 # use them: importing this module is what `flows.deploy`, a deployment's registration and `--help`
@@ -306,37 +306,6 @@ def run_stages(run: PipelineRun, dag: dict[str, list[str]]) -> dict[str, Any]:
     return results
 
 
-def effective_params(
-    params_file: Path,
-    architectures: list[str] | None,
-    max_epochs: int | None,
-    data_source: str | None,
-    overrides: dict[str, Any] | None,
-) -> Params:
-    """``params_file`` with the flow parameters applied, validated by the same schema as the stages.
-
-    ``train.num_nodes`` > 1 is refused here, before anything runs: one flow run starts processes on
-    its own machine only, and the other nodes' processes must be started there (SLURM, Kubernetes).
-    """
-    chosen: dict[str, Any] = dict(overrides or {})
-    for key, value in (
-        ("train.architectures", architectures),
-        ("train.max_epochs", max_epochs),
-        ("data.source", data_source),
-    ):
-        if value is not None:
-            chosen[key] = value
-    params = load_params(params_file, chosen)
-    if params.train.num_nodes > 1:
-        raise ParamsError(
-            f"train.num_nodes: {params.train.num_nodes}: the flow trains on its own machine only; start "
-            "the train stage on every node (infra/slurm/train.sbatch, infra/k8s/train-job.yaml, or "
-            "torchrun with a rendezvous: docs/cluster.md) and run the flow with "
-            "train.num_nodes: 1"
-        )
-    return params
-
-
 @flow(name=FLOW_NAME, log_prints=True)
 def training_pipeline(
     project_root: str = ".",
@@ -422,8 +391,9 @@ def main(
     """
     from prefect.exceptions import TerminationSignal
 
+    from components.config import key_overrides
     from components.errors import EXIT_PREEMPTED
-    from pipelines._cli import console, key_overrides, run_stage, set_offline_defaults
+    from pipelines._cli import console, run_stage, set_offline_defaults
 
     set_offline_defaults()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
@@ -446,7 +416,7 @@ def main(
                 overrides=overrides or None,
             )
         if summary:
-            from pipelines.summary import print_summary
+            from components.summary import print_summary
 
             print_summary(project_root / params_file, project_root, architectures=arch or None)
 

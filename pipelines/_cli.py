@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from components.config import ALL_ARCHITECTURES, Architecture, parse_yaml
+from components.config import ALL_ARCHITECTURES, Architecture
 from components.errors import (
     EXIT_PREEMPTED,
     ParamsError,
@@ -180,22 +179,3 @@ def run_tags(pairs: list[str]) -> dict[str, str]:
             raise ParamsError(f"--tag {pair!r}: expected KEY=VALUE")
         tags[key] = value
     return tags
-
-
-def key_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["train.max_epochs=3", ...]`` from ``--set`` options: dotted key to its YAML value.
-
-    A pair without ``=`` is refused rather than read as ``key: null`` (which a nullable key would
-    accept silently); the values are then checked by the params schema like any other setting.
-    """
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ParamsError(f"--set {pair!r}: expected KEY=VALUE (a YAML value; KEY=null for null)")
-        try:
-            overrides[key.strip()] = parse_yaml(value)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ParamsError(f"--set {pair!r}: the value is not valid YAML ({problem})") from None
-    return overrides

@@ -240,7 +240,7 @@ def test_missing_params_file_is_named(project: Project) -> None:
 
 def test_set_options_are_key_equals_yaml_value_and_a_bare_key_is_refused() -> None:
     """``flows.pipeline --set``: a pair without ``=`` would otherwise set a nullable key to null."""
-    from pipelines._cli import key_overrides
+    from components.config import key_overrides
 
     assert key_overrides(
         ["train.max_epochs=3", "register.model_name=null", "train.architectures=[mlp, cnn]"]
@@ -262,7 +262,7 @@ def test_exponent_floats_read_as_numbers_in_params_and_set_and_a_bad_override_is
     tmp_path: Path,
 ) -> None:
     """PyYAML reads ``1e-3`` (no dot) as a string; DVC and YAML 1.2 read a float, and so do we."""
-    from pipelines._cli import key_overrides
+    from components.config import key_overrides
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text("train:\n  learning_rate: 5e-4\n  weight_decay: 1E-5\n")

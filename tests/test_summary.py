@@ -147,7 +147,7 @@ def test_the_summary_command_survives_a_truncated_registration_file(
 ) -> None:
     """Before, the champion line raised JSONDecodeError after the table had printed it unreadable."""
     from components.config import dump_params, validate_params
-    from pipelines.summary import print_summary
+    from components.summary import print_summary
 
     prepare_digits(tmp_path)
     params = dump_params(validate_params(tiny_params()), tmp_path / "params.yaml")
