@@ -198,8 +198,9 @@ def open_parent_task(run: PipelineRun) -> str:
 def train_task(run: PipelineRun, arch: Architecture) -> bool:
     """``train@<arch>``: in this process on one device, the stage command under ``torchrun`` on several."""
     from components.tracking import PARENT_ENV
-    from components.training.launch import launch_training, needs_launcher
+    from components.training.launch import launch_training
     from components.training.train import train
+    from components.training.world_size import needs_launcher
 
     out = f"{MODELS}/{arch}"
 

@@ -29,17 +29,12 @@ from components.config import TrainParams, validate_params
 from components.errors import ParamsError
 from components.training.artifacts import WEIGHTS, weights_digest
 from components.training.batches import EpochSampler, TensorBatches, streaming_loader
-from components.training.launch import (
-    Rendezvous,
-    TrainingLaunchError,
-    check_launched_world_size,
-    launch_training,
-    run_streaming,
-    torchrun_command,
-)
+from components.training.launch import Rendezvous, launch_training, torchrun_command
 from components.training.speed import resolve_speed
+from components.training.supervise import TrainingLaunchError, run_streaming
 from components.training.train import train
 from components.training.trainer import build_trainer
+from components.training.world_size import check_launched_world_size
 from tests.conftest import prepare_digits, tiny_params
 
 DIGITS_TRAIN = 1257  # rows of the digits train split

@@ -44,7 +44,6 @@ from components.tracking import TrackedRun, Tracker, code_tags, experiment_name,
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
 from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
 from components.training.data import ClassificationData
-from components.training.launch import check_launched_world_size, processes_per_node
 from components.training.module import Classifier
 from components.training.preemption import StopSignals, sigterm_raises
 from components.training.speed import (
@@ -56,6 +55,7 @@ from components.training.speed import (
 )
 from components.training.trainer import build_trainer, checkpoint_callbacks, resume_checkpoint
 from components.training.work_lock import finished_meanwhile, one_training_at_a_time, record_reuse
+from components.training.world_size import check_launched_world_size, processes_per_node
 
 RUN_FILE = "mlflow_run.json"
 DISCARDED_TAG = "train.discarded_checkpoint"  # an unusable resume checkpoint set aside: file, why, where
