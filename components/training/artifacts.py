@@ -131,7 +131,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-class _MlflowRunRecord(BaseModel):
+class MlflowRunRecord(BaseModel):
     """``train_info.json``'s ``mlflow``: the run that trained the model (evaluate adds to it)."""
 
     model_config = ConfigDict(extra="allow")
@@ -148,7 +148,7 @@ class TrainInfoContract(BaseModel):
     parameters: int = Field(ge=0)
     epochs: int = Field(ge=0)
     fit_seconds: float = Field(ge=0, allow_inf_nan=False)
-    mlflow: _MlflowRunRecord | None = None
+    mlflow: MlflowRunRecord | None = None
 
 
 def read_train_info(path: Path | str) -> dict[str, Any]:

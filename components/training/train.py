@@ -30,7 +30,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
@@ -44,6 +44,7 @@ from components.tracking import TrackedRun, Tracker, code_tags, experiment_name,
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
 from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
 from components.training.data import ClassificationData
+from components.training.info import MlflowRecord, TrainInfo
 from components.training.module import Classifier
 from components.training.preemption import StopSignals, sigterm_raises
 from components.training.speed import (
@@ -168,6 +169,189 @@ def _fit(
         raise
 
 
+@dataclass(frozen=True)
+class Build:
+    """Everything a training needs before it fits: the data, the network and where it resumes."""
+
+    version: str  # the prepared data's version
+    key: str  # the fingerprint (see fingerprint)
+    work_dir: Path  # <work_root>/train/<arch>-<key[:16]>: checkpoints and the run id
+    config: Any  # the network's config dataclass
+    network: torch.nn.Module
+    module: Classifier
+    data: ClassificationData
+    stats: Any  # the train split's normalisation (components.data.normalize.Normalization)
+
+
+def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Path) -> Build:
+    """Read the prepared splits and build the seeded network, its LightningModule and the batches."""
+    prepared = load_prepared(prepared_dir)
+    for split in ("train", "val"):
+        require_split(prepared, split, prepared_dir)
+    version = data_version(prepared_dir)
+    stats = prepared.stats
+    try:
+        config = model_config(arch, params.models, stats.image_shape, len(stats.class_names))
+    except ValueError as exc:  # a setting that does not fit the data (names its models.<arch> key)
+        raise ParamsError(str(exc)) from None
+    key = fingerprint(params, arch, version)
+    speed = resolve_speed(params.train, arch)
+    L.seed_everything(params.train.seed, workers=True, verbose=False)
+    network = build_model(arch, config)
+    if speed.compile:
+        network.compile()  # in place: state_dict keys stay those of the plain network
+    module = Classifier(
+        network,
+        len(stats.class_names),
+        params.train.learning_rate,
+        params.train.weight_decay,
+        batch_size=params.train.batch_size,
+        gradient_clip_val=params.train.gradient_clip_val,
+        channels_last=speed.channels_last,
+    )
+    train_split, val_split = prepared.splits["train"], prepared.splits["val"]
+    data = ClassificationData(
+        (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
+    )
+    work_dir = work_root / "train" / f"{arch}-{key[:16]}"
+    return Build(version, key, work_dir, config, network, module, data, stats)
+
+
+@dataclass
+class Fit:
+    """The trainer of one training and the callbacks whose results the record reads."""
+
+    trainer: L.Trainer
+    history: EpochHistory
+    replicas: ReplicaDigests
+    best: ModelCheckpoint
+    seconds: float = 0.0
+
+
+def make_fit(
+    params: Params, arch: Architecture, built: Build, callbacks: Sequence[Callback], interactive: bool
+) -> Fit:
+    """The Trainer with the project's callbacks: history, replica digests, resume and best checkpoints."""
+    history, replicas = EpochHistory(), ReplicaDigests()
+    stop = StopSignals(arch)  # SIGTERM and Ctrl-C stop the fit with last.ckpt written first
+    every_n = params.train.checkpoint_every_n_steps
+    resume_cb, best_cb = checkpoint_callbacks(built.work_dir / "checkpoints", every_n, stop)
+    every: list[Callback] = [history, replicas, resume_cb, best_cb, *callbacks]
+    if not interactive:
+        every.append(EpochLines(arch, Console(stderr=True)))
+    speed = resolve_speed(params.train, arch)
+    trainer = build_trainer(params.train, speed, built.work_dir, every, interactive)
+    return Fit(trainer, history, replicas, best_cb)
+
+
+def run_fit(fit: Fit, built: Build, params: Params, arch: str, run: TrackedRun | None) -> None:
+    """Fit from the resume point (if any) and time it; an interrupted fit raises."""
+    resume_from = _resume_point(built.work_dir / "checkpoints", built.module, run, arch)
+    started = time.perf_counter()
+    with float32_matmul_precision(resolve_speed(params.train, arch).matmul_precision):
+        _fit(fit.trainer, built.module, built.data, resume_from, arch)
+    fit.seconds = time.perf_counter() - started
+    if fit.trainer.interrupted:
+        raise KeyboardInterrupt(f"training {arch} was interrupted")
+
+
+def checked_weights(
+    fit: Fit, built: Build, params: Params, arch: str, out_dir: Path
+) -> dict[str, torch.Tensor]:
+    """The best epoch's weights; never NaN ones (evaluate would score them, register promote them)."""
+    weights = _best_weights(fit.best.best_model_path, built.module)
+    if all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point()):
+        return weights
+    # The checkpoints go too, or the same settings would resume from the diverged state.
+    shutil.rmtree(built.work_dir, ignore_errors=True)
+    raise ParamsError(
+        f"train@{arch}: training diverged: the weights are not finite after "
+        f"{fit.trainer.current_epoch} epochs (best val loss {fit.best.best_model_score}); lower "
+        f"train.learning_rate ({params.train.learning_rate:g}) or clip the gradients "
+        f"(train.gradient_clip_val: {params.train.gradient_clip_val:g}); {out_dir} is unchanged"
+    )
+
+
+def train_info(
+    params: Params,
+    arch: Architecture,
+    built: Build,
+    fit: Fit,
+    weights: dict[str, torch.Tensor],
+    code: Mapping[str, str],
+    mlflow_record: MlflowRecord,
+) -> TrainInfo:
+    """What this training produced, as ``train_info.json`` records it."""
+    trainer, history, speed = fit.trainer, fit.history, resolve_speed(params.train, arch)
+    steps_here = trainer.global_step - history.start_step
+    images_here = steps_here * params.train.batch_size * trainer.world_size
+    best = fit.best.best_model_score
+    return TrainInfo(
+        architecture=arch,
+        model_config=config_to_dict(built.config),
+        parameters=count_parameters(built.network),
+        epochs=trainer.current_epoch,
+        max_epochs=params.train.max_epochs,
+        stopped_early=trainer.current_epoch < params.train.max_epochs,
+        global_steps=trainer.global_step,
+        resumed_from_step=history.start_step or None,
+        best_val_loss=float(best) if best is not None else None,
+        fit_seconds=round(fit.seconds, 3),
+        train_images_per_second=round(images_here / fit.seconds, 1) if steps_here else None,
+        device=str(trainer.strategy.root_device),
+        world_size=trainer.world_size,
+        num_nodes=trainer.num_nodes,
+        strategy=type(trainer.strategy).__name__,
+        precision=speed.precision,
+        matmul_precision=speed.matmul_precision,
+        channels_last=speed.channels_last,
+        compile=speed.compile,
+        seed=params.train.seed,
+        data_version=built.version,
+        fingerprint=built.key,
+        git_commit=code["git.commit"],
+        git_dirty=code["git.dirty"],
+        weights_sha256=weights_digest(weights),
+        replica_weights_sha256=fit.replicas.digests,
+        mlflow=mlflow_record,
+        history=history.history,
+    )
+
+
+def open_child_run(
+    stack: contextlib.ExitStack,
+    tracker: Tracker,
+    params: Params,
+    arch: Architecture,
+    built: Build,
+    code: Mapping[str, str],
+    tags: Mapping[str, str],
+    parent_run_id: str | None,
+) -> tuple[TrackedRun, str]:
+    """The architecture's MLflow run under its pipeline's parent (reopened after a crash); with
+    every setting logged. Returns the run and the parent's id."""
+    run_tags = {
+        "architecture": arch,
+        "data.source": params.data.source,
+        "data.version": built.version,
+        **code,
+        "train.fingerprint": built.key,
+        **tags,
+    }
+    run_level = {"architecture", "train.fingerprint"}
+    parent = tracker.parent_run(
+        pipeline_key(params, built.version, code["git.commit"]),
+        {k: v for k, v in run_tags.items() if k not in run_level},
+        given=parent_run_id,
+    )
+    previous = _previous_run_id(built.work_dir)
+    run = stack.enter_context(tracker.child_run(parent, arch, run_tags, resume_run_id=previous))
+    built.work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(built.work_dir / RUN_FILE, {"run_id": run.run_id})
+    run.log_params(run_params(params, arch))
+    return run, parent
+
+
 def train(
     params: Params,
     arch: Architecture,
@@ -183,59 +367,23 @@ def train(
 ) -> TrainResult:
     """Train ``arch``, write ``out_dir`` atomically, record the run in MLflow; return what was made.
 
-    Under DDP every rank calls this; only global rank zero writes anything or talks to MLflow.
-    ``parent_run_id``: the MLflow parent run (a flow's); by default ``PIPELINE_PARENT_RUN_ID`` or
-    the pipeline run found by its key. ``progress_bar``: a live bar (default: when stderr is a
-    terminal) or one line per epoch.
+    Build, fit, record. Under DDP every rank calls this; only global rank zero writes anything or
+    talks to MLflow. ``parent_run_id``: the MLflow parent run (a flow's); by default
+    ``PIPELINE_PARENT_RUN_ID`` or the pipeline run found by its key. ``progress_bar``: a live bar
+    (default: when stderr is a terminal) or one line per epoch.
     """
     check_launched_world_size(params.train)
     check_accelerator(params.train.accelerator)
-    prepared_dir, out_dir, project_root = Path(prepared_dir), Path(out_dir), Path(project_root)
-    prepared = load_prepared(prepared_dir)
-    for split in ("train", "val"):
-        require_split(prepared, split, prepared_dir)
-    version = data_version(prepared_dir)
-    stats = prepared.stats
-    num_classes = len(stats.class_names)
-    try:
-        config = model_config(arch, params.models, stats.image_shape, num_classes)
-    except ValueError as exc:  # a setting that does not fit the data (names its models.<arch> key)
-        raise ParamsError(str(exc)) from None
-    key = fingerprint(params, arch, version)
-    work_dir = Path(work_root) / "train" / f"{arch}-{key[:16]}"
-    checkpoint_dir = work_dir / "checkpoints"
-
-    speed = resolve_speed(params.train, arch)
-    L.seed_everything(params.train.seed, workers=True, verbose=False)
-    network = build_model(arch, config)
-    if speed.compile:
-        network.compile()  # in place: state_dict keys stay those of the plain network
-    module = Classifier(
-        network,
-        num_classes,
-        params.train.learning_rate,
-        params.train.weight_decay,
-        batch_size=params.train.batch_size,
-        gradient_clip_val=params.train.gradient_clip_val,
-        channels_last=speed.channels_last,
-    )
-    train_split, val_split = prepared.splits["train"], prepared.splits["val"]
-    data = ClassificationData(
-        (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
-    )
-
+    out_dir, project_root = Path(out_dir), Path(project_root)
+    built = build(params, arch, Path(prepared_dir), Path(work_root))
     interactive = sys.stderr.isatty() if progress_bar is None else progress_bar
-    history = EpochHistory()
-    replicas = ReplicaDigests()
-    stop = StopSignals(arch)  # SIGTERM and Ctrl-C stop the fit with last.ckpt written first
-    resume_cb, best_cb = checkpoint_callbacks(checkpoint_dir, params.train.checkpoint_every_n_steps, stop)
-    every: list[Callback] = [history, replicas, resume_cb, best_cb, *callbacks]
-    if not interactive:
-        every.append(EpochLines(arch, Console(stderr=True)))
-    trainer = build_trainer(params.train, speed, work_dir, every, interactive)
+    fit = make_fit(params, arch, built, callbacks, interactive)
     # Known before fit under torchrun/srun (from their environment) and in the processes
     # Lightning's ddp launcher starts (it sets LOCAL_RANK); the launching process is rank zero.
-    zero = trainer.is_global_zero
+    if not fit.trainer.is_global_zero:
+        with sigterm_raises(f"train@{arch}: stopped by SIGTERM outside the training loop"):
+            run_fit(fit, built, params, arch, None)
+        return TrainResult(out_dir, "", {"architecture": arch}, global_rank=fit.trainer.global_rank)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(
@@ -244,110 +392,37 @@ def train(
                 "run the same command again to resume"
             )
         )
-        run: TrackedRun | None = None
-        if zero:
-            # One training of these settings at a time; one that waited reuses what the other wrote.
-            waited = stack.enter_context(one_training_at_a_time(Path(work_root), arch, key))
-            single = trainer.num_devices * trainer.num_nodes == 1  # other ranks could not skip fit
-            earlier = finished_meanwhile(out_dir, key, version) if waited and single else None
-            code = code_tags(project_root)
-            run_tags = {
-                "architecture": arch,
-                "data.source": params.data.source,
-                "data.version": version,
-                **code,
-                "train.fingerprint": key,
-                **(tags or {}),
-            }
-            tracker = Tracker.open(experiment_name(params), project_root)
-            pipeline = pipeline_key(params, version, code["git.commit"])
-            if earlier is not None:
-                found = tracker.existing_parent(pipeline, parent_run_id)
-                return TrainResult(out_dir, record_reuse(tracker, found, arch, out_dir, earlier), earlier)
-            run_level = {"architecture", "train.fingerprint"}
-            parent = tracker.parent_run(
-                pipeline,
-                {k: v for k, v in run_tags.items() if k not in run_level},
-                given=parent_run_id,
+        # One training of these settings at a time; one that waited reuses what the other wrote.
+        waited = stack.enter_context(one_training_at_a_time(Path(work_root), arch, built.key))
+        single = fit.trainer.num_devices * fit.trainer.num_nodes == 1  # other ranks could not skip fit
+        earlier = finished_meanwhile(out_dir, built.key, built.version) if waited and single else None
+        code = code_tags(project_root)
+        tracker = Tracker.open(experiment_name(params), project_root)
+        if earlier is not None:
+            found = tracker.existing_parent(
+                pipeline_key(params, built.version, code["git.commit"]), parent_run_id
             )
-            run = stack.enter_context(
-                tracker.child_run(parent, arch, run_tags, resume_run_id=_previous_run_id(work_dir))
-            )
-            work_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(work_dir / RUN_FILE, {"run_id": run.run_id})
-            run.log_params(run_params(params, arch))
-            history.sink = run.log_metrics
+            return TrainResult(out_dir, record_reuse(tracker, found, arch, out_dir, earlier), earlier)
+        run, parent = open_child_run(stack, tracker, params, arch, built, code, tags or {}, parent_run_id)
+        fit.history.sink = run.log_metrics
 
-        resume_from = _resume_point(checkpoint_dir, module, run, arch)
-        started = time.perf_counter()
-        with float32_matmul_precision(speed.matmul_precision):
-            _fit(trainer, module, data, resume_from, arch)
-        fit_seconds = time.perf_counter() - started
-        if trainer.interrupted:
-            raise KeyboardInterrupt(f"training {arch} was interrupted")
-        if run is None:
-            return TrainResult(out_dir, "", {"architecture": arch}, global_rank=trainer.global_rank)
-
-        weights = _best_weights(best_cb.best_model_path, module)
-        if not all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point()):
-            # Never a NaN model in models/ (evaluate would score it, register could promote it); the
-            # checkpoints go too, or the same settings would resume from the diverged state.
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise ParamsError(
-                f"train@{arch}: training diverged: the weights are not finite after "
-                f"{trainer.current_epoch} epochs (best val loss {best_cb.best_model_score}); lower "
-                f"train.learning_rate ({params.train.learning_rate:g}) or clip the gradients "
-                f"(train.gradient_clip_val: {params.train.gradient_clip_val:g}); {out_dir} is unchanged"
-            )
-        steps_here = trainer.global_step - history.start_step
-        info: dict[str, Any] = {
-            "architecture": arch,
-            "model_config": config_to_dict(config),
-            "parameters": count_parameters(network),
-            "epochs": trainer.current_epoch,
-            "max_epochs": params.train.max_epochs,
-            "stopped_early": trainer.current_epoch < params.train.max_epochs,
-            "global_steps": trainer.global_step,
-            "resumed_from_step": history.start_step or None,
-            "best_val_loss": float(best_cb.best_model_score)
-            if best_cb.best_model_score is not None
-            else None,
-            "fit_seconds": round(fit_seconds, 3),
-            "train_images_per_second": round(
-                steps_here * params.train.batch_size * trainer.world_size / fit_seconds, 1
-            )
-            if steps_here
-            else None,
-            "device": str(trainer.strategy.root_device),
-            "world_size": trainer.world_size,
-            "num_nodes": trainer.num_nodes,
-            "strategy": type(trainer.strategy).__name__,
-            "precision": speed.precision,
-            "matmul_precision": speed.matmul_precision,
-            "channels_last": speed.channels_last,
-            "compile": speed.compile,
-            "seed": params.train.seed,
-            "data_version": version,
-            "fingerprint": key,
-            "git_commit": code["git.commit"],
-            "git_dirty": code["git.dirty"],
-            "weights_sha256": weights_digest(weights),
-            "replica_weights_sha256": replicas.digests,
-            "mlflow": {
-                "tracking_uri": tracker.uri,
-                "experiment_id": tracker.experiment_id,
-                "run_id": run.run_id,
-                "parent_run_id": parent,
-            },
-            "history": history.history,
-        }
+        run_fit(fit, built, params, arch, run)
+        weights = checked_weights(fit, built, params, arch, out_dir)
+        record = MlflowRecord(
+            tracking_uri=tracker.uri,
+            experiment_id=tracker.experiment_id,
+            run_id=run.run_id,
+            parent_run_id=parent,
+        )
+        info = train_info(params, arch, built, fit, weights, code, record).to_json()
         with atomic_directory(out_dir) as tmp:
-            write_model_folder(tmp, arch, config, weights, stats, info)
-        size = {
-            "model_parameters": float(info["parameters"]),
-            "model_bytes": float((out_dir / WEIGHTS).stat().st_size),
-        }
-        run.log_metrics(size)
+            write_model_folder(tmp, arch, built.config, weights, built.stats, info)
+        run.log_metrics(
+            {
+                "model_parameters": float(info["parameters"]),
+                "model_bytes": float((out_dir / WEIGHTS).stat().st_size),
+            }
+        )
         run.log_artifacts(out_dir, "model_files")
-        shutil.rmtree(work_dir, ignore_errors=True)  # while the lock is held
-    return TrainResult(out_dir, run.run_id, info, global_rank=trainer.global_rank)
+        shutil.rmtree(built.work_dir, ignore_errors=True)  # while the lock is held
+    return TrainResult(out_dir, run.run_id, info, global_rank=fit.trainer.global_rank)
