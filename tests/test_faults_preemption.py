@@ -255,7 +255,8 @@ def test_a_bad_resume_checkpoint_is_set_aside_said_and_training_recovers(
     """Before: every run failed with a long traceback naming no file, until the folder was deleted.
     With random bytes the checkpoint before it (kept as last.prev.ckpt) resumes; a pickle with code
     leaves nothing usable: training starts over, and the code never runs."""
-    from components.training.train import DISCARDED_TAG, train
+    from components.training.fitting import DISCARDED_TAG
+    from components.training.train import train
     from tests.test_training import CrashAt
 
     params = validate_params(tiny_params(max_epochs=2, early_stopping_patience=0, checkpoint_every_n_steps=3))

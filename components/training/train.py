@@ -22,7 +22,6 @@ import contextlib
 import json
 import shutil
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,37 +29,31 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from rich.console import Console
+from lightning.pytorch.callbacks import Callback
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.config import Architecture, Params, flatten
 from components.data.prepared import data_version, load_prepared, require_split
-from components.errors import ParamsError, Preempted
+from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
 from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, pipeline_key
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
-from components.training.callbacks import EpochHistory, EpochLines, ReplicaDigests
 from components.training.data import ClassificationData
+from components.training.fitting import Fit, checked_weights, make_fit, run_fit
 from components.training.info import MlflowRecord, TrainInfo
 from components.training.module import Classifier
-from components.training.preemption import StopSignals, sigterm_raises
+from components.training.preemption import sigterm_raises
 from components.training.speed import (
     check_accelerator,
     device_kind,
-    float32_matmul_precision,
     resolve_precision,
     resolve_speed,
 )
-from components.training.trainer import build_trainer, checkpoint_callbacks, resume_checkpoint
 from components.training.work_lock import finished_meanwhile, one_training_at_a_time, record_reuse
 from components.training.world_size import check_launched_world_size, processes_per_node
 
 RUN_FILE = "mlflow_run.json"
-DISCARDED_TAG = "train.discarded_checkpoint"  # an unusable resume checkpoint set aside: file, why, where
-DISCARDED_DIR = "discarded"  # <work_root>/train/discarded/: the unusable checkpoints, kept for inspection
 # Settings that change how fast training runs but not what it computes (beyond rounding). A run
 # resumes only from a checkpoint of the same fingerprint. (``steps_per_call`` changes nothing that
 # is computed either, but a checkpoint counts the training_step calls of the epoch so far, which is
@@ -116,57 +109,11 @@ def run_params(params: Params, arch: Architecture) -> dict[str, str]:
     )
 
 
-def _best_weights(best_path: str, module: Classifier) -> dict[str, torch.Tensor]:
-    """The network's weights from ``best.ckpt`` (loaded tensors-only), else the current ones."""
-    if not best_path or not Path(best_path).is_file():
-        return module.model.state_dict()
-    checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
-    prefix = "model."
-    return {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-
-
 def _previous_run_id(work_dir: Path) -> str | None:
     try:
         return str(json.loads((work_dir / RUN_FILE).read_text(encoding="utf-8"))["run_id"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-def _resume_point(checkpoint_dir: Path, module: Classifier, run: TrackedRun | None, arch: str) -> Path | None:
-    """The checkpoint to resume from, if any. An unusable one (corrupt, not a checkpoint, another
-    network) is moved aside by rank zero, which says so on stderr and in the MLflow run; training
-    then resumes from the one before it or starts over, instead of failing the same way forever."""
-    aside = checkpoint_dir.parent.parent / DISCARDED_DIR if run is not None else None
-    chosen, discarded = resume_checkpoint(checkpoint_dir, module.state_dict(), aside)
-    if discarded and run is not None:
-        console = Console(stderr=True)
-        for line in discarded:
-            console.print(
-                f"train@{arch}: discarded resume checkpoint {line}", highlight=False, soft_wrap=True
-            )
-        then = f"resuming from {chosen}" if chosen else "training from the start"
-        run.set_tags({DISCARDED_TAG: f"{'; '.join(discarded)}; {then}"[:5000]})
-    return chosen
-
-
-def _fit(
-    trainer: L.Trainer, module: Classifier, data: ClassificationData, resume_from: Path | None, arch: str
-) -> None:
-    """``trainer.fit``; Lightning's own ways of ending a fit early become exceptions saying what happened.
-
-    A stop by signal or request normally ends the fit with the resume callback's exception (see
-    :mod:`components.training.preemption`), which passes through.
-    """
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
-    except SIGTERMException as exc:  # Lightning's (exit 0), for a SIGTERM before our handler was in place
-        raise Preempted(
-            f"train@{arch}: stopped by SIGTERM before the training loop; run again to resume"
-        ) from exc
-    except SystemExit as exc:
-        if trainer.interrupted:  # Lightning's sys.exit(1) after a Ctrl-C
-            raise KeyboardInterrupt(f"training {arch} was interrupted") from exc
-        raise
 
 
 @dataclass(frozen=True)
@@ -215,61 +162,6 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
     )
     work_dir = work_root / "train" / f"{arch}-{key[:16]}"
     return Build(version, key, work_dir, config, network, module, data, stats)
-
-
-@dataclass
-class Fit:
-    """The trainer of one training and the callbacks whose results the record reads."""
-
-    trainer: L.Trainer
-    history: EpochHistory
-    replicas: ReplicaDigests
-    best: ModelCheckpoint
-    seconds: float = 0.0
-
-
-def make_fit(
-    params: Params, arch: Architecture, built: Build, callbacks: Sequence[Callback], interactive: bool
-) -> Fit:
-    """The Trainer with the project's callbacks: history, replica digests, resume and best checkpoints."""
-    history, replicas = EpochHistory(), ReplicaDigests()
-    stop = StopSignals(arch)  # SIGTERM and Ctrl-C stop the fit with last.ckpt written first
-    every_n = params.train.checkpoint_every_n_steps
-    resume_cb, best_cb = checkpoint_callbacks(built.work_dir / "checkpoints", every_n, stop)
-    every: list[Callback] = [history, replicas, resume_cb, best_cb, *callbacks]
-    if not interactive:
-        every.append(EpochLines(arch, Console(stderr=True)))
-    speed = resolve_speed(params.train, arch)
-    trainer = build_trainer(params.train, speed, built.work_dir, every, interactive)
-    return Fit(trainer, history, replicas, best_cb)
-
-
-def run_fit(fit: Fit, built: Build, params: Params, arch: str, run: TrackedRun | None) -> None:
-    """Fit from the resume point (if any) and time it; an interrupted fit raises."""
-    resume_from = _resume_point(built.work_dir / "checkpoints", built.module, run, arch)
-    started = time.perf_counter()
-    with float32_matmul_precision(resolve_speed(params.train, arch).matmul_precision):
-        _fit(fit.trainer, built.module, built.data, resume_from, arch)
-    fit.seconds = time.perf_counter() - started
-    if fit.trainer.interrupted:
-        raise KeyboardInterrupt(f"training {arch} was interrupted")
-
-
-def checked_weights(
-    fit: Fit, built: Build, params: Params, arch: str, out_dir: Path
-) -> dict[str, torch.Tensor]:
-    """The best epoch's weights; never NaN ones (evaluate would score them, register promote them)."""
-    weights = _best_weights(fit.best.best_model_path, built.module)
-    if all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point()):
-        return weights
-    # The checkpoints go too, or the same settings would resume from the diverged state.
-    shutil.rmtree(built.work_dir, ignore_errors=True)
-    raise ParamsError(
-        f"train@{arch}: training diverged: the weights are not finite after "
-        f"{fit.trainer.current_epoch} epochs (best val loss {fit.best.best_model_score}); lower "
-        f"train.learning_rate ({params.train.learning_rate:g}) or clip the gradients "
-        f"(train.gradient_clip_val: {params.train.gradient_clip_val:g}); {out_dir} is unchanged"
-    )
 
 
 def train_info(
@@ -352,6 +244,26 @@ def open_child_run(
     return run, parent
 
 
+def record(
+    run: TrackedRun,
+    arch: Architecture,
+    built: Build,
+    weights: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    out_dir: Path,
+) -> None:
+    """Write the model folder atomically, log its size and files to the run, drop the checkpoints."""
+    with atomic_directory(out_dir) as tmp:
+        write_model_folder(tmp, arch, built.config, weights, built.stats, info)
+    size = {
+        "model_parameters": float(info["parameters"]),
+        "model_bytes": float((out_dir / WEIGHTS).stat().st_size),
+    }
+    run.log_metrics(size)
+    run.log_artifacts(out_dir, "model_files")
+    shutil.rmtree(built.work_dir, ignore_errors=True)  # while the caller holds the training lock
+
+
 def train(
     params: Params,
     arch: Architecture,
@@ -386,12 +298,8 @@ def train(
         return TrainResult(out_dir, "", {"architecture": arch}, global_rank=fit.trainer.global_rank)
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            sigterm_raises(
-                f"train@{arch}: stopped by SIGTERM outside the training loop; {out_dir} is unchanged; "
-                "run the same command again to resume"
-            )
-        )
+        outside = f"train@{arch}: stopped by SIGTERM outside the training loop; {out_dir} is unchanged"
+        stack.enter_context(sigterm_raises(f"{outside}; run the same command again to resume"))
         # One training of these settings at a time; one that waited reuses what the other wrote.
         waited = stack.enter_context(one_training_at_a_time(Path(work_root), arch, built.key))
         single = fit.trainer.num_devices * fit.trainer.num_nodes == 1  # other ranks could not skip fit
@@ -405,24 +313,14 @@ def train(
             return TrainResult(out_dir, record_reuse(tracker, found, arch, out_dir, earlier), earlier)
         run, parent = open_child_run(stack, tracker, params, arch, built, code, tags or {}, parent_run_id)
         fit.history.sink = run.log_metrics
-
         run_fit(fit, built, params, arch, run)
         weights = checked_weights(fit, built, params, arch, out_dir)
-        record = MlflowRecord(
+        where = MlflowRecord(
             tracking_uri=tracker.uri,
             experiment_id=tracker.experiment_id,
             run_id=run.run_id,
             parent_run_id=parent,
         )
-        info = train_info(params, arch, built, fit, weights, code, record).to_json()
-        with atomic_directory(out_dir) as tmp:
-            write_model_folder(tmp, arch, built.config, weights, built.stats, info)
-        run.log_metrics(
-            {
-                "model_parameters": float(info["parameters"]),
-                "model_bytes": float((out_dir / WEIGHTS).stat().st_size),
-            }
-        )
-        run.log_artifacts(out_dir, "model_files")
-        shutil.rmtree(built.work_dir, ignore_errors=True)  # while the lock is held
+        info = train_info(params, arch, built, fit, weights, code, where).to_json()
+        record(run, arch, built, weights, info, out_dir)
     return TrainResult(out_dir, run.run_id, info, global_rank=fit.trainer.global_rank)
