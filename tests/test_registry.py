@@ -503,7 +503,7 @@ def test_a_champion_that_cannot_be_scored_keeps_the_alias_and_versions_carry_the
     registered rather than the one that trained it."""
     from urllib.parse import urlparse
 
-    from components.registry.register import input_mismatch
+    from components.registry.judge import input_mismatch
 
     prepared_dir = digits_project / "data/prepared"
     name = registered_model_name(params)

@@ -1,8 +1,9 @@
 """Register a trained model in the MLflow Model Registry and decide whether it becomes ``champion``.
 
-The function behind the ``register`` stage (and the flow's register tasks). For one architecture:
+The functions behind the ``register`` stage and the flow's register task (:func:`register_all`).
+For one architecture (:func:`register`):
 
-1. Package ``models/<arch>/`` as an MLflow ``pyfunc`` model (see :mod:`components.registry.pyfunc_model`):
+1. Package ``models/<arch>/`` as an MLflow ``pyfunc`` model (:mod:`components.registry.package`):
    its weights, config and statistics with a copy of the architecture code; raw pixels in, class
    ids and probabilities out, normalisation included; logged to the run that trained it, with a
    signature and an input example.
@@ -10,6 +11,7 @@ The function behind the ``register`` stage (and the flow's register tasks). For 
    point the alias ``challenger`` at it. Versions carry the lineage tags (architecture, data
    version, git commit, Prefect flow run, weights hash).
 3. Score the new version and the current ``champion`` through the registered models on the same
+   test split (:mod:`components.registry.judge`),
    test split, and move ``champion`` only if the new version is strictly better on
    ``register.metric``. The decision and its reason are tagged on the version.
 
@@ -23,8 +25,6 @@ neither duplicate a version nor leave the worse model as ``champion``.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,37 +32,25 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import safetensors
-import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from components.atomic import atomic_write_json
 from components.config import Architecture, Params
-from components.data.manifest import MANIFEST
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
-from components.errors import PipelineError, is_transient
-from components.evaluation.metrics import classification_metrics
 from components.hashing import sha256_file
+from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
 from components.registry.lease import registry_lease
-from components.tracking import Tracker, code_tags, experiment_name, fluent_tracking, tracking_error
-from components.training.artifacts import MODEL_CARD, STATS, WEIGHTS, check_same_data, load_trained_model
+from components.registry.package import log_and_register, training_code_tags
+from components.tracking import Tracker, experiment_name, fluent_tracking, tracking_error
+from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 REPORT = "registration.json"
-MODEL_ARTIFACT = "model"
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-NETWORKS_DIR = Path(__file__).resolve().parents[1] / "models"  # torch-only; copied into every model
 # Tags on each model version.
 WEIGHTS_TAG = "weights.sha256"
 DECISION_TAG = "registry.decision"
 REASON_TAG = "registry.reason"
-# The load-time settings the wrapper reads (pyfunc_model.py), with their defaults.
-WRAPPER_CONFIG = {"device": "auto", "check_pixel_range": True}
 
 
 @dataclass(frozen=True)
@@ -91,86 +79,6 @@ def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
     mean = np.asarray(stats.mean, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
     std = np.asarray(stats.std, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
     return (split.x * std + mean).astype(np.float32)  # (N, C, H, W)
-
-
-def score(
-    model_uri: str, pixels: np.ndarray, labels: np.ndarray, metric: str, class_names: list[str]
-) -> float:
-    """``metric`` (``test_accuracy`` or ``test_f1_macro``) of the registered model at ``model_uri``."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    predicted = model.predict(pixels)["class_id"].to_numpy()
-    summary, _ = classification_metrics(labels, predicted, class_names)
-    return float(summary[metric.removeprefix("test_")])
-
-
-class RegistrationError(PipelineError):
-    """A model version could not be judged against the champion; nothing about the alias changed."""
-
-
-def input_mismatch(model_uri: str, pixels: np.ndarray, class_names: Sequence[str]) -> str | None:
-    """Why the registered model at ``model_uri`` cannot be judged on ``pixels`` with these classes
-    (another image shape, other classes), read from its signature; ``None`` when it can."""
-    logged = mlflow.models.get_model_info(model_uri).signature
-    if logged is None or logged.inputs is None or logged.outputs is None:
-        return "it was logged without a signature"
-    shape = list(logged.inputs.inputs[0].shape[1:])
-    if shape != list(pixels.shape[1:]):
-        return f"it takes images of shape {shape}, this data has {list(pixels.shape[1:])}"
-    names = [str(col.name) for col in logged.outputs.inputs]
-    classes = [column.removeprefix("prob_") for column in names if column.startswith("prob_")]
-    if classes != list(class_names):
-        return f"it predicts classes {classes}, this data has {list(class_names)}"
-    return None
-
-
-def _incomparable_or_raise(
-    error: Exception, champion_uri: str, pixels: np.ndarray, class_names: Sequence[str], new_version: str
-) -> str:
-    """Why the champion at ``champion_uri``, which failed to score with ``error``, cannot be judged
-    on this data at all (so the new version may take the alias unjudged). Raises instead when it
-    could have been judged: the server did not answer (retried), or it failed to load or predict
-    (:class:`RegistrationError`; the alias stays and a re-run judges ``new_version``)."""
-    if isinstance(error, MlflowException) and is_transient(error):
-        raise error
-    try:
-        mismatch = input_mismatch(champion_uri, pixels, class_names)
-    except MlflowException as unreadable:
-        if is_transient(unreadable):
-            raise
-        mismatch = None
-    if mismatch is None:
-        raise RegistrationError(
-            f"{champion_uri} ({CHAMPION}) could not be scored on this test data ({error}); {CHAMPION} "
-            f"stays where it is and v{new_version} waits as {CHALLENGER}: re-run the register stage "
-            "once the champion loads"
-        ) from error
-    return mismatch
-
-
-def training_code_tags(info: Mapping[str, Any], project_root: Path | str) -> dict[str, str]:
-    """The code that trained a model (``train_info.json``), not the checkout that registers it:
-    a model trained at one commit and registered after the next is tagged with the first."""
-    commit = info.get("git_commit")
-    if not commit:  # written before train_info recorded it: the best there is
-        return code_tags(project_root)
-    return {
-        "git.commit": str(commit),
-        "mlflow.source.git.commit": str(commit),
-        "git.dirty": str(info.get("git_dirty", "unknown")),
-    }
-
-
-def signature(image_shape: Sequence[int], class_names: Sequence[str]) -> ModelSignature:
-    """Raw float32 pixels ``(-1, C, H, W)`` in; class id, name and probabilities out."""
-    outputs: list[ColSpec | TensorSpec] = [
-        ColSpec("long", "class_id"),
-        ColSpec("string", "class_name"),
-        ColSpec("float", "probability"),
-    ]
-    outputs += [ColSpec("float", f"prob_{name}") for name in class_names]
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape))]), outputs=Schema(outputs)
-    )
 
 
 def register(
@@ -282,7 +190,7 @@ def _register_under_lease(
             **training_code_tags(candidate.trained.info, project_root),
             **(tags or {}),
         }
-        existing = _log_and_register(tracker, candidate.trained, name, pixels, version_tags)
+        existing = log_and_register(tracker, candidate.trained, name, pixels, version_tags)
     new = existing.version
     client.set_registered_model_alias(name, CHALLENGER, new)
     value = score(f"models:/{name}/{new}", pixels, labels, metric, class_names)
@@ -295,7 +203,7 @@ def _register_under_lease(
         try:
             champion_value = score(champion_uri, pixels, labels, metric, class_names)
         except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
-            mismatch = _incomparable_or_raise(exc, champion_uri, pixels, class_names, new_version=new)
+            mismatch = incomparable_or_raise(exc, champion_uri, pixels, class_names, new_version=new)
             promoted = True
             reason = f"{CHAMPION} v{champion.version} cannot be compared on this data: {mismatch}"
         else:
@@ -347,51 +255,6 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> ModelV
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-
-
-def _log_and_register(
-    tracker: Tracker, trained: Any, name: str, pixels: np.ndarray, version_tags: dict[str, str]
-) -> ModelVersion:
-    """Log the pyfunc model to the training run (or a new run) and register it as a new version."""
-    run_id = (trained.info.get("mlflow") or {}).get("run_id")
-    arch = trained.architecture
-    if not (run_id and tracker.run_exists(run_id)):  # trained against another tracking server
-        run_id = tracker.client.create_run(
-            tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
-        ).info.run_id
-    tracker.claim(run_id)  # start_run sets it RUNNING: name this process as the one holding it
-    with tempfile.TemporaryDirectory() as tmp:
-        networks = Path(tmp) / "networks"
-        networks.mkdir()
-        for source in sorted(NETWORKS_DIR.glob("*.py")):
-            shutil.copyfile(source, networks / source.name)
-        folder = Path(trained.folder)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(PYFUNC_FILE),
-                artifacts={
-                    "networks": str(networks),
-                    "card": str(folder / MODEL_CARD),
-                    "weights": str(folder / WEIGHTS),
-                    "stats": str(folder / STATS),
-                    "manifest": str(folder / MANIFEST),
-                },
-                signature=signature(trained.stats.image_shape, trained.stats.class_names),
-                input_example=pixels[:2],
-                # Declares the load-time settings the wrapper reads: MLflow drops any key a model was
-                # not logged with, so without this model_config={"device": "cpu"} would be ignored.
-                model_config=dict(WRAPPER_CONFIG),
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"mlflow=={mlflow.__version__}",
-                    f"safetensors=={safetensors.__version__}",
-                    "numpy",
-                    "pandas",
-                ],
-                metadata={"architecture": arch, "data_version": version_tags["data.version"]},
-            )
-    return mlflow.register_model(info.model_uri, name, tags=version_tags)
 
 
 def _record(client: mlflow.MlflowClient, decision: Decision, run_id: str | None) -> None:

@@ -1,0 +1,70 @@
+"""Judging a registered version: its score on the test split through the registered model, and
+whether a champion that failed to score could have been judged at all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from components.errors import PipelineError, is_transient
+from components.evaluation.metrics import classification_metrics
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def score(
+    model_uri: str, pixels: np.ndarray, labels: np.ndarray, metric: str, class_names: list[str]
+) -> float:
+    """``metric`` (``test_accuracy`` or ``test_f1_macro``) of the registered model at ``model_uri``."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    predicted = model.predict(pixels)["class_id"].to_numpy()
+    summary, _ = classification_metrics(labels, predicted, class_names)
+    return float(summary[metric.removeprefix("test_")])
+
+
+class RegistrationError(PipelineError):
+    """A model version could not be judged against the champion; nothing about the alias changed."""
+
+
+def input_mismatch(model_uri: str, pixels: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """Why the registered model at ``model_uri`` cannot be judged on ``pixels`` with these classes
+    (another image shape, other classes), read from its signature; ``None`` when it can."""
+    logged = mlflow.models.get_model_info(model_uri).signature
+    if logged is None or logged.inputs is None or logged.outputs is None:
+        return "it was logged without a signature"
+    shape = list(logged.inputs.inputs[0].shape[1:])
+    if shape != list(pixels.shape[1:]):
+        return f"it takes images of shape {shape}, this data has {list(pixels.shape[1:])}"
+    names = [str(col.name) for col in logged.outputs.inputs]
+    classes = [column.removeprefix("prob_") for column in names if column.startswith("prob_")]
+    if classes != list(class_names):
+        return f"it predicts classes {classes}, this data has {list(class_names)}"
+    return None
+
+
+def incomparable_or_raise(
+    error: Exception, champion_uri: str, pixels: np.ndarray, class_names: Sequence[str], new_version: str
+) -> str:
+    """Why the champion at ``champion_uri``, which failed to score with ``error``, cannot be judged
+    on this data at all (so the new version may take the alias unjudged). Raises instead when it
+    could have been judged: the server did not answer (retried), or it failed to load or predict
+    (:class:`RegistrationError`; the alias stays and a re-run judges ``new_version``)."""
+    if isinstance(error, MlflowException) and is_transient(error):
+        raise error
+    try:
+        mismatch = input_mismatch(champion_uri, pixels, class_names)
+    except MlflowException as unreadable:
+        if is_transient(unreadable):
+            raise
+        mismatch = None
+    if mismatch is None:
+        raise RegistrationError(
+            f"{champion_uri} ({CHAMPION}) could not be scored on this test data ({error}); {CHAMPION} "
+            f"stays where it is and v{new_version} waits as {CHALLENGER}: re-run the register stage "
+            "once the champion loads"
+        ) from error
+    return mismatch

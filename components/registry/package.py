@@ -1,0 +1,101 @@
+"""Packaging a model folder as an MLflow ``pyfunc`` model (see :mod:`components.registry.pyfunc_model`):
+its weights, config and statistics with a copy of the architecture code; raw pixels in, class ids and
+probabilities out, normalisation included; logged to the run that trained it, with a signature and
+an input example, and registered as a new version."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import safetensors
+import torch
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+from components.data.manifest import MANIFEST
+from components.tracking import Tracker, code_tags
+from components.training.artifacts import MODEL_CARD, STATS, WEIGHTS
+
+MODEL_ARTIFACT = "model"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+NETWORKS_DIR = Path(__file__).resolve().parents[1] / "models"  # torch-only; copied into every model
+# The load-time settings the wrapper reads (pyfunc_model.py), with their defaults.
+WRAPPER_CONFIG = {"device": "auto", "check_pixel_range": True}
+
+
+def training_code_tags(info: Mapping[str, Any], project_root: Path | str) -> dict[str, str]:
+    """The code that trained a model (``train_info.json``), not the checkout that registers it:
+    a model trained at one commit and registered after the next is tagged with the first."""
+    commit = info.get("git_commit")
+    if not commit:  # written before train_info recorded it: the best there is
+        return code_tags(project_root)
+    return {
+        "git.commit": str(commit),
+        "mlflow.source.git.commit": str(commit),
+        "git.dirty": str(info.get("git_dirty", "unknown")),
+    }
+
+
+def signature(image_shape: Sequence[int], class_names: Sequence[str]) -> ModelSignature:
+    """Raw float32 pixels ``(-1, C, H, W)`` in; class id, name and probabilities out."""
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec("long", "class_id"),
+        ColSpec("string", "class_name"),
+        ColSpec("float", "probability"),
+    ]
+    outputs += [ColSpec("float", f"prob_{name}") for name in class_names]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape))]), outputs=Schema(outputs)
+    )
+
+
+def log_and_register(
+    tracker: Tracker, trained: Any, name: str, pixels: np.ndarray, version_tags: dict[str, str]
+) -> ModelVersion:
+    """Log the pyfunc model to the training run (or a new run) and register it as a new version."""
+    run_id = (trained.info.get("mlflow") or {}).get("run_id")
+    arch = trained.architecture
+    if not (run_id and tracker.run_exists(run_id)):  # trained against another tracking server
+        run_id = tracker.client.create_run(
+            tracker.experiment_id, run_name=f"{arch}-register", tags=version_tags
+        ).info.run_id
+    tracker.claim(run_id)  # start_run sets it RUNNING: name this process as the one holding it
+    with tempfile.TemporaryDirectory() as tmp:
+        networks = Path(tmp) / "networks"
+        networks.mkdir()
+        for source in sorted(NETWORKS_DIR.glob("*.py")):
+            shutil.copyfile(source, networks / source.name)
+        folder = Path(trained.folder)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(PYFUNC_FILE),
+                artifacts={
+                    "networks": str(networks),
+                    "card": str(folder / MODEL_CARD),
+                    "weights": str(folder / WEIGHTS),
+                    "stats": str(folder / STATS),
+                    "manifest": str(folder / MANIFEST),
+                },
+                signature=signature(trained.stats.image_shape, trained.stats.class_names),
+                input_example=pixels[:2],
+                # Declares the load-time settings the wrapper reads: MLflow drops any key a model was
+                # not logged with, so without this model_config={"device": "cpu"} would be ignored.
+                model_config=dict(WRAPPER_CONFIG),
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                    f"safetensors=={safetensors.__version__}",
+                    "numpy",
+                    "pandas",
+                ],
+                metadata={"architecture": arch, "data_version": version_tags["data.version"]},
+            )
+    return mlflow.register_model(info.model_uri, name, tags=version_tags)
