@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,9 +36,10 @@ from mlflow.utils.async_logging.run_operations import RunOperations
 
 from components.atomic import dumps_json
 from components.config import Params
-from components.errors import PipelineError, Preempted, TransientError, is_transient
+from components.errors import Preempted
 from components.hashing import sha256_bytes
 from components.processes import ProcessRef, is_gone, say, this_process
+from components.tracking_server import ensure_reachable, tracking_error
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -49,20 +49,6 @@ RESUMED_FROM_PARENT_TAG = "pipeline.resumed_from_parent"
 KEY_TAG = "pipeline.key"
 PROCESS_PREFIX = "process."  # process.host, process.pid, process.started, process.pid_namespace
 _MAX_BATCH = 100  # MLflow's limit on params per log_batch call
-
-
-class TrackingError(PipelineError):
-    """The tracking server refused a request."""
-
-
-class TrackingUnavailable(TrackingError, TransientError):
-    """The tracking server did not answer (down, unreachable, timing out): worth a retry."""
-
-
-def tracking_error(uri: str, exc: Exception) -> TrackingError:
-    """The right :class:`TrackingError` for an MLflow failure at ``uri``."""
-    message = f"MLflow tracking server {uri}: {getattr(exc, 'message', exc)}"
-    return TrackingUnavailable(message) if is_transient(exc) else TrackingError(message)
 
 
 def tracking_uri(project_root: Path | str = ".") -> str:
@@ -97,101 +83,8 @@ def fluent_tracking(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
-# How long Tracker.open tries to reach an http(s) tracking server before giving up: a server that is
-# not there is reported in seconds, not after MLflow's retries of every call.
-REACH_WITHIN_S = 15.0
-
-
-def ensure_reachable(uri: str, within_s: float = REACH_WITHIN_S) -> None:
-    """Raise :class:`TrackingUnavailable` naming ``uri`` and ``MLFLOW_TRACKING_URI`` unless the server
-    at an http(s) ``uri`` answers (any HTTP status: auth and TLS are MLflow's to check) within
-    ``within_s`` seconds. Other URIs (a SQLite file, Databricks) are left to MLflow."""
-    if not uri.lower().startswith(("http://", "https://")):
-        return
-    import requests
-
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=max(1.0, min(5.0, deadline - time.monotonic())))
-            return
-        except requests.exceptions.SSLError:
-            return  # it answered
-        except requests.RequestException as exc:
-            if time.monotonic() + 1 >= deadline:
-                raise TrackingUnavailable(
-                    f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable: {_why(exc)} "
-                    f"for {within_s:g} s; start it, or unset MLFLOW_TRACKING_URI for the project's mlflow.db"
-                ) from None
-            time.sleep(1)
-
-
-def _why(exc: Exception) -> str:
-    import requests
-
-    text = str(exc).lower()
-    if isinstance(exc, requests.Timeout):
-        return "no answer"
-    if "connection refused" in text:
-        return "connection refused"
-    if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
-        return "unknown host"
-    return type(exc).__name__
-
-
 def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/"))
-
-
-def _git(project_root: Path | str, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=project_root,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    ).stdout.strip()
-
-
-def git_commit(project_root: Path | str = ".") -> str:
-    """The checked-out commit, or ``unknown`` outside a git repository."""
-    try:
-        return _git(project_root, "rev-parse", "HEAD")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def git_dirty(project_root: Path | str = ".") -> bool:
-    """Whether tracked code or settings differ from the commit.
-
-    What the pipeline itself rewrites as it runs (``dvc.lock``, the metrics and plot data under
-    ``reports/``) does not count.
-    """
-    try:
-        changed = _git(
-            project_root,
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            ":!dvc.lock",
-            ":!reports",
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return bool(changed)
-
-
-def code_tags(project_root: Path | str = ".") -> dict[str, str]:
-    """Tags that pin a run to its code."""
-    commit = git_commit(project_root)
-    return {
-        "git.commit": commit,
-        "mlflow.source.git.commit": commit,
-        "git.dirty": str(git_dirty(project_root)).lower(),
-    }
 
 
 def pipeline_key(params: Params, version: str, commit: str) -> str:
@@ -215,7 +108,7 @@ class Tracker:
     @classmethod
     def open(cls, experiment_name: str, project_root: Path | str = ".") -> Tracker:
         """Connect and get (or create) ``experiment_name``. Raises :class:`TrackingError`
-        (:class:`TrackingUnavailable` within :data:`REACH_WITHIN_S` for a server that is not there)."""
+        (:class:`TrackingUnavailable` within seconds for a server that is not there)."""
         uri = tracking_uri(project_root)
         ensure_reachable(uri)
         client = MlflowClient(tracking_uri=uri)

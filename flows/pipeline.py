@@ -185,7 +185,8 @@ def preprocess_task(run: PipelineRun) -> bool:
 
 @task(name="open-parent-run", **RETRY)
 def open_parent_task(run: PipelineRun) -> str:
-    from components.tracking import Tracker, code_tags, experiment_name
+    from components.code_version import code_tags
+    from components.tracking import Tracker, experiment_name
 
     tracker = Tracker.open(experiment_name(run.params), run.root)
     tags = {"data.source": run.params.data.source, "data.version": data_version(run.path(PREPARED))}
@@ -404,7 +405,8 @@ def main(
         # Bad settings are refused in one line before Prefect's server starts (up to a minute).
         chosen = list(arch) if arch else None
         effective_params(project_root.resolve() / params_file, chosen, max_epochs, data_source, overrides)
-        from components.tracking import ensure_reachable, tracking_uri
+        from components.tracking import tracking_uri
+        from components.tracking_server import ensure_reachable
 
         ensure_reachable(tracking_uri(project_root))  # a server that is not there: exit 75 in seconds
         with patient_ephemeral_server(), ephemeral_server_apart_from_ctrl_c():

@@ -169,7 +169,8 @@ def test_a_tracking_server_that_is_not_there_is_reported_within_30_s_naming_the_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Connection refused is immediate, yet MLflow retried every call for about 4 minutes."""
-    from components.tracking import Tracker, TrackingUnavailable
+    from components.tracking import Tracker
+    from components.tracking_server import TrackingUnavailable
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -13,7 +13,7 @@ from prefect.states import Completed, Failed
 
 from components.config import effective_params
 from components.errors import DataValidationError, ParamsError, is_transient
-from components.tracking import TrackingError, TrackingUnavailable, tracking_error
+from components.tracking_server import TrackingError, TrackingUnavailable, tracking_error
 from components.training.supervise import TrainingLaunchError, TrainingUnavailable, run_streaming
 from flows.pipeline import only_transient
 from tests.conftest import REPO

@@ -11,10 +11,11 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 from mlflow.tracking import MlflowClient
 
+from components.code_version import git_commit
 from components.config import flatten, validate_params
 from components.data.prepared import data_version
 from components.evaluation.evaluate import evaluate
-from components.tracking import KEY_TAG, PARENT_TAG, Tracker, git_commit
+from components.tracking import KEY_TAG, PARENT_TAG, Tracker
 from components.training.train import train
 from tests.conftest import tiny_params
 

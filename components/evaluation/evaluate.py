@@ -21,13 +21,14 @@ from typing import Any
 import torch
 
 from components.atomic import atomic_directory, dumps_json
+from components.code_version import code_tags
 from components.config import Architecture, Params
 from components.data.prepared import load_prepared, require_split
 from components.errors import ParamsError
 from components.evaluation.inference import predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.evaluation.plots import confusion_png, predictions_csv
-from components.tracking import Tracker, code_tags, experiment_name, pipeline_key
+from components.tracking import Tracker, experiment_name, pipeline_key
 from components.training.artifacts import check_same_data, load_trained_model
 
 METRICS = "metrics.json"

@@ -19,8 +19,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
+from components.code_version import code_tags
 from components.data.manifest import MANIFEST
-from components.tracking import Tracker, code_tags
+from components.tracking import Tracker
 from components.training.artifacts import MODEL_CARD, STATS, WEIGHTS
 
 MODEL_ARTIFACT = "model"

@@ -26,7 +26,7 @@ from components.data.sources.image_folder import decode_image, probe_image
 from components.data.sources.npz import read_npz_arrays
 from components.errors import DataSourceError, DataValidationError, ParamsError, PipelineError
 from components.models import inference_device, pixel_range_problem
-from components.tracking import tracking_error
+from components.tracking_server import tracking_error
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IDX_MARKERS = ("-ubyte", ".idx")

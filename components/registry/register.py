@@ -43,7 +43,8 @@ from components.hashing import sha256_file
 from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
 from components.registry.lease import registry_lease
 from components.registry.package import log_and_register, training_code_tags
-from components.tracking import Tracker, experiment_name, fluent_tracking, tracking_error
+from components.tracking import Tracker, experiment_name, fluent_tracking
+from components.tracking_server import tracking_error
 from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
 
 REPORT = "registration.json"

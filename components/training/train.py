@@ -32,12 +32,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
+from components.code_version import code_tags
 from components.config import Architecture, Params, flatten
 from components.data.prepared import data_version, load_prepared, require_split
 from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, config_to_dict, count_parameters, model_config
-from components.tracking import TrackedRun, Tracker, code_tags, experiment_name, pipeline_key
+from components.tracking import TrackedRun, Tracker, experiment_name, pipeline_key
 from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
 from components.training.data import ClassificationData
 from components.training.fitting import Fit, checked_weights, make_fit, run_fit
