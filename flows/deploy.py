@@ -19,12 +19,8 @@ import typer
 
 from components.config import Params, load_params
 from components.errors import ParamsError
-from flows.pipeline import (
-    FLOW_NAME,
-    ephemeral_server_apart_from_ctrl_c,
-    patient_ephemeral_server,
-    training_pipeline,
-)
+from flows.ephemeral import ephemeral_server_apart_from_ctrl_c, patient_ephemeral_server
+from flows.pipeline import FLOW_NAME, training_pipeline
 
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
 
@@ -75,8 +71,8 @@ def work_pool_deployment(
         raise ParamsError(
             f"--source {source}: workers run a temporary copy of it, so without MLFLOW_TRACKING_URI "
             "each run's MLflow store, models and registry would be deleted with the copy; set "
-            "MLFLOW_TRACKING_URI to the tracking server the pool's workers report to (README: "
-            '"Pointing at real servers"), or give a folder every worker sees as --source'
+            "MLFLOW_TRACKING_URI to the tracking server the pool's workers report to (see "
+            "docs/operations.md), or give a folder every worker sees as --source"
         )
     return {
         "name": settings.schedule.deployment_name,

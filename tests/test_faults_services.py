@@ -31,7 +31,7 @@ def test_the_ephemeral_server_starter_thread_waits_the_projects_timeout_unless_t
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
 
-    from flows.pipeline import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, ephemeral_server_apart_from_ctrl_c
+    from flows.ephemeral import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, ephemeral_server_apart_from_ctrl_c
 
     seen: list[tuple[str, int]] = []
 

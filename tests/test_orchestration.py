@@ -206,7 +206,7 @@ def test_the_flow_cli_waits_longer_than_prefects_20_s_for_its_ephemeral_server(
     more than Prefect's 20 s. Inside the CLI's context the wait is longer; a user's own value wins."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
 
-    from flows.pipeline import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, patient_ephemeral_server
+    from flows.ephemeral import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, patient_ephemeral_server
 
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
     before = timeout.value()
@@ -258,7 +258,7 @@ def test_the_cli_ephemeral_server_outlives_a_ctrl_c_to_the_process_group() -> No
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.pipeline import ephemeral_server_apart_from_ctrl_c
+    from flows.ephemeral import ephemeral_server_apart_from_ctrl_c
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert not PREFECT_API_URL.value()
