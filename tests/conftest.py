@@ -48,9 +48,36 @@ _LONGEST_FIRST = (
 )
 
 
+# The suite's layers, by file: `pytest -m unit` runs in seconds; `-m integration` runs the real
+# stage functions, MLflow on SQLite and Lightning at tiny sizes in this process; `-m e2e` starts real
+# processes, signals and servers (dvc repro, the flow CLI, mlflow/prefect servers, PostgreSQL).
+LAYERS = {
+    "unit": (
+        "test_atomic.py", "test_docs.py", "test_dvc_stage_deps.py", "test_infra.py", "test_metrics.py",
+        "test_models.py", "test_params.py", "test_speed.py",
+    ),
+    "integration": (
+        "test_corrupt_inputs.py", "test_evaluation.py", "test_faults_files.py", "test_gpu.py",
+        "test_model_behaviour.py", "test_orchestration.py", "test_preprocess.py", "test_real_mnist.py",
+        "test_registry.py", "test_sources.py", "test_summary.py", "test_tracking.py", "test_training.py",
+    ),
+    "e2e": (
+        "test_dependencies.py", "test_distributed.py", "test_dvc_repro.py", "test_faults_concurrency.py",
+        "test_faults_kept.py", "test_faults_preemption.py", "test_faults_services.py", "test_flow.py",
+        "test_postgres.py", "test_servers.py",
+    ),
+}  # fmt: skip
+_LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: position for position, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    for item in items:
+        layer = _LAYER_OF.get(item.path.name)
+        if layer is None:
+            raise pytest.UsageError(f"{item.path.name}: add it to a layer in tests/conftest.py LAYERS")
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 # Model sizes small enough that every architecture trains in a second on a CPU.

@@ -22,12 +22,12 @@ from components.data.prepared import load_prepared
 from components.errors import PipelineError, TransientError
 from components.evaluation.summary import champion_line
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
+from components.registry.package import NETWORKS_DIR
 from components.registry.predict import predict_file
 from components.registry.pyfunc_model import import_networks
 from components.registry.register import (
     CHALLENGER,
     CHAMPION,
-    NETWORKS_DIR,
     champion_version,
     raw_pixels,
     register,
