@@ -230,6 +230,8 @@ def train(
             atomic_write_json(work_dir / RUN_FILE, {"run_id": run.run_id})
             run.log_params(run_params(params, arch))
             history.sink = run.log_metrics
+            if run.resumed:  # epochs a killed process queued for MLflow but never sent
+                history.backfill = run.log_missing_epochs
 
         started = time.perf_counter()
         with float32_matmul_precision(speed.matmul_precision):
