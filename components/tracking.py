@@ -11,7 +11,8 @@
 - A run ends FINISHED when its body succeeds and FAILED when it raises; the parent's status
   follows its children (FAILED if any failed, RUNNING while any runs).
 - Metrics are logged once per epoch in one asynchronous batch; :meth:`TrackedRun.flush` waits for
-  them before the run is closed.
+  them before the run is closed. A training resumed after a kill logs from its checkpoint the
+  epochs whose batches the killed process never sent (:meth:`TrackedRun.log_missing_epochs`).
 - Every run the project starts or reopens names the process that holds it open (tags
   ``process.host``, ``process.pid``, ``process.started``, ``process.pid_namespace``). A process
   killed outright (SIGKILL, out of memory) cannot end its run, so :meth:`Tracker.open` marks the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,6 +320,18 @@ class TrackedRun:
         operation = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
         if operation is not None:
             self._pending.append(operation)
+
+    def log_missing_epochs(self, rows: Sequence[Mapping[str, float]]) -> None:
+        """Log what the run lacks of ``rows`` (per epoch: ``epoch``, ``step`` and metric values) at
+        step ``epoch``. A process killed outright loses the metric batches it had queued but not
+        sent, while the checkpoint a resume restores kept them."""
+        keys = sorted({key for row in rows for key in row} - {"epoch", "step"})
+        logged = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)} for key in keys}
+        for row in rows:
+            epoch = int(row["epoch"])
+            missing = {k: v for k, v in row.items() if k in logged and epoch not in logged[k]}
+            if missing:
+                self.log_metrics(missing, epoch)
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)

@@ -29,9 +29,13 @@ class EpochHistory(Callback):
         self.sink = sink
         self.history: list[dict[str, float]] = []
         self.start_step = 0  # global step training (re)started at: > 0 after a resume
+        # Given the epochs restored from a checkpoint on a resume: logs those the tracking run lacks.
+        self.backfill: Callable[[list[dict[str, float]]], None] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start_step = trainer.global_step
+        if self.start_step and self.history and self.backfill is not None and trainer.is_global_zero:
+            self.backfill(self.history)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

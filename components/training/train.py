@@ -211,6 +211,16 @@ def train_info(
     )
 
 
+def mlflow_record(tracker: Tracker, run_id: str, parent_run_id: str) -> MlflowRecord:
+    """Where the run lives, as ``train_info.json`` records it."""
+    return MlflowRecord(
+        tracking_uri=tracker.uri,
+        experiment_id=tracker.experiment_id,
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+    )
+
+
 def open_child_run(
     stack: contextlib.ExitStack,
     tracker: Tracker,
@@ -314,14 +324,11 @@ def train(
             return TrainResult(out_dir, record_reuse(tracker, found, arch, out_dir, earlier), earlier)
         run, parent = open_child_run(stack, tracker, params, arch, built, code, tags or {}, parent_run_id)
         fit.history.sink = run.log_metrics
+        if run.resumed:  # epochs a killed process queued for MLflow but never sent
+            fit.history.backfill = run.log_missing_epochs
         run_fit(fit, built, params, arch, run)
         weights = checked_weights(fit, built, params, arch, out_dir)
-        where = MlflowRecord(
-            tracking_uri=tracker.uri,
-            experiment_id=tracker.experiment_id,
-            run_id=run.run_id,
-            parent_run_id=parent,
-        )
+        where = mlflow_record(tracker, run.run_id, parent)
         info = train_info(params, arch, built, fit, weights, code, where).to_json()
         record(run, arch, built, weights, info, out_dir)
     return TrainResult(out_dir, run.run_id, info, global_rank=fit.trainer.global_rank)
