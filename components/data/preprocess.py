@@ -136,6 +136,28 @@ def check_normalised(x: np.ndarray, file: Path, split: str) -> None:
         )
 
 
+def _write_split(
+    file: Path, x: np.ndarray, one_hot: np.ndarray, labels: np.ndarray, index: np.ndarray
+) -> dict[str, Any]:
+    """Write one split's normalised images ``x`` (N, C, H, W), one-hot and integer labels and source
+    rows to ``file``; return its manifest entry (``origin`` is the caller's to add)."""
+    save_arrays(
+        file,
+        {
+            "x": x,
+            "y": one_hot[labels],  # (N, K) float32
+            "labels": labels.astype(np.int64),  # (N,)
+            "source_index": index.astype(np.int64),  # (N,)
+        },
+    )
+    return {
+        "file": file.name,
+        "sha256": sha256_file(file),
+        "count": len(index),
+        "class_counts": np.bincount(labels, minlength=len(one_hot)).tolist(),
+    }
+
+
 def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | str) -> dict[str, Any]:
     """Turn ``raw_dir`` (the ingest output) into ``out_dir``; replaced only on success.
 
@@ -165,7 +187,7 @@ def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | st
             origin_files["train"],
             "pixel values are constant across the training split (std 0): cannot normalise",
         )
-    one_hot = np.eye(num_classes, dtype=np.float32)
+    one_hot = np.eye(num_classes, dtype=np.float32)  # (K, K)
     with atomic_directory(out_dir) as tmp:  # a refusal below leaves the previous output in place
         entries: dict[str, Any] = {}
         for split in SPLITS:  # one split's arrays in memory at a time
@@ -173,23 +195,8 @@ def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | st
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
                 x = stats.apply(raw[plan[split].origin]["images"][index])  # (N, C, H, W) float32
             check_normalised(x, origin_files[split], split)
-            file = tmp / f"{split}.safetensors"
-            save_arrays(
-                file,
-                {
-                    "x": x,
-                    "y": one_hot[labels[split]],  # (N, K) float32
-                    "labels": labels[split].astype(np.int64),  # (N,)
-                    "source_index": index.astype(np.int64),  # (N,)
-                },
-            )
-            entries[split] = {
-                "file": file.name,
-                "sha256": sha256_file(file),
-                "origin": plan[split].origin,
-                "count": len(plan[split].indices),
-                "class_counts": np.bincount(labels[split], minlength=num_classes).tolist(),
-            }
+            entries[split] = _write_split(tmp / f"{split}.safetensors", x, one_hot, labels[split], index)
+            entries[split]["origin"] = plan[split].origin
         atomic_write_text(tmp / STATS, stats.to_json())
         manifest = {
             "stage": "preprocess",

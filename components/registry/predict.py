@@ -160,6 +160,35 @@ def check_pixel_range(
         )
 
 
+def _load_for_prediction(uri: str, device: str | None) -> Any:
+    """The registered model at ``uri`` loaded to run on ``device`` (``None``: its own setting), with
+    the wrapper's per-batch range check off (:func:`predict_file` checks the whole input once)."""
+    if device is not None:
+        try:
+            inference_device({"device": device})
+        except ValueError as exc:
+            raise PipelineError(f"predict: {exc}") from None
+    try:
+        config: dict[str, Any] = {"device": device} if device else {}
+        if "check_pixel_range" in _declared_model_config(uri):
+            # Checked once over the whole input, naming the file (the wrapper would check each
+            # batch: a last batch of a few dark images alone could fail its floor rule).
+            config["check_pixel_range"] = False
+        model = mlflow.pyfunc.load_model(uri, model_config=config or None)
+    except MlflowException as exc:  # no such model, version or alias; or the server is away (75)
+        raise _cannot_load(uri, exc) from None
+    except ValueError as exc:  # the wrapper refused its files (changed since training) or settings
+        raise PipelineError(f"cannot load {uri}: {exc}") from None
+    if device is not None and model.model_config.get("device") != device:
+        # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
+        raise PipelineError(
+            f"predict: {uri} was registered without a device setting, so --device {device} cannot "
+            "apply to it; use --device auto (a CUDA device when there is one), with "
+            "CUDA_VISIBLE_DEVICES= to keep it on the CPU"
+        )
+    return model
+
+
 def predict_file(
     uri: str,
     source: Path | str,
@@ -182,29 +211,7 @@ def predict_file(
     """
     if Path(out_csv).is_dir():
         raise ParamsError(f"--out {out_csv}: is a folder; name the CSV file to write")
-    if device is not None:
-        try:
-            inference_device({"device": device})
-        except ValueError as exc:
-            raise PipelineError(f"predict: {exc}") from None
-    try:
-        config: dict[str, Any] = {"device": device} if device else {}
-        if "check_pixel_range" in _declared_model_config(uri):
-            # Checked below once over the whole input, naming the file (the wrapper would check
-            # each batch: a last batch of a few dark images alone could fail its floor rule).
-            config["check_pixel_range"] = False
-        model = mlflow.pyfunc.load_model(uri, model_config=config or None)
-    except MlflowException as exc:  # no such model, version or alias; or the server is away (75)
-        raise _cannot_load(uri, exc) from None
-    except ValueError as exc:  # the wrapper refused its files (changed since training) or settings
-        raise PipelineError(f"cannot load {uri}: {exc}") from None
-    if device is not None and model.model_config.get("device") != device:
-        # MLflow drops load-time keys a model was not logged with: this version would run elsewhere.
-        raise PipelineError(
-            f"predict: {uri} was registered without a device setting, so --device {device} cannot "
-            "apply to it; use --device auto (a CUDA device when there is one), with "
-            "CUDA_VISIBLE_DEVICES= to keep it on the CPU"
-        )
+    model = _load_for_prediction(uri, device)
     schema = model.metadata.get_input_schema()
     shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else None  # (C, H, W)
     inputs = read_inputs(source, channels=int(shape[0]) if shape else 1)

@@ -195,25 +195,7 @@ def _register_under_lease(
     new = existing.version
     client.set_registered_model_alias(name, CHALLENGER, new)
     value = score(f"models:/{name}/{new}", pixels, labels, metric, class_names)
-    champion = _alias_version(client, name, CHAMPION)
-    champion_value: float | None = None
-    if champion is None:
-        promoted, reason = True, f"no {CHAMPION} yet"
-    else:
-        champion_uri = f"models:/{name}/{champion.version}"
-        try:
-            champion_value = score(champion_uri, pixels, labels, metric, class_names)
-        except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
-            mismatch = incomparable_or_raise(exc, champion_uri, pixels, class_names, new_version=new)
-            promoted = True
-            reason = f"{CHAMPION} v{champion.version} cannot be compared on this data: {mismatch}"
-        else:
-            promoted = value > champion_value
-            comparison = "beats" if promoted else "does not beat"
-            reason = (
-                f"{metric} {value:.4f} {comparison} {CHAMPION} v{champion.version}'s "
-                f"{champion_value:.4f} on the same test data (data version {version[:12]})"
-            )
+    champion, champion_value, promoted, reason = _gate(client, name, new, value, candidate, metric)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, new)
     decision = Decision(
@@ -230,6 +212,35 @@ def _register_under_lease(
     )
     _record(client, decision, existing.run_id)
     return decision
+
+
+def _gate(
+    client: mlflow.MlflowClient, name: str, new: str, value: float, candidate: _Candidate, metric: str
+) -> tuple[ModelVersion | None, float | None, bool, str]:
+    """The current champion, its score on the candidate's test data, whether version ``new``
+    (scoring ``value``) takes the alias, and why."""
+    champion = _alias_version(client, name, CHAMPION)
+    if champion is None:
+        return None, None, True, f"no {CHAMPION} yet"
+    champion_uri = f"models:/{name}/{champion.version}"
+    pixels, class_names = candidate.pixels, candidate.class_names
+    try:
+        champion_value = score(champion_uri, pixels, candidate.test.labels, metric, class_names)
+    except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
+        mismatch = incomparable_or_raise(exc, champion_uri, pixels, class_names, new_version=new)
+        return (
+            champion,
+            None,
+            True,
+            f"{CHAMPION} v{champion.version} cannot be compared on this data: {mismatch}",
+        )
+    promoted = value > champion_value
+    comparison = "beats" if promoted else "does not beat"
+    reason = (
+        f"{metric} {value:.4f} {comparison} {CHAMPION} v{champion.version}'s "
+        f"{champion_value:.4f} on the same test data (data version {candidate.data_version[:12]})"
+    )
+    return champion, champion_value, promoted, reason
 
 
 def _ensure_registered_model(client: mlflow.MlflowClient, name: str, params: Params) -> None:

@@ -182,11 +182,17 @@ def launch_training(
     seconds = time.perf_counter() - started
     params_file.unlink(missing_ok=True)
     model_dir = project_root / out_dir
-    info_file = model_dir / TRAIN_INFO
-    info: dict[str, Any] | None = None
-    if info_file.is_file() and info_file.stat().st_mtime >= wall_start - 1:
-        info = read_train_info(info_file)
-    elif rendezvous is None:  # one node: rank zero ran here and must have written the folder
-        raise TrainingLaunchError(f"training finished but wrote no new {info_file}", 0, [])
+    info = _new_train_info(model_dir, since=wall_start - 1, required=rendezvous is None)
     run_id = (info.get("mlflow") or {}).get("run_id") if info else None
     return LaunchResult(command, model_dir, info, run_id, round(seconds, 3))
+
+
+def _new_train_info(model_dir: Path, since: float, required: bool) -> dict[str, Any] | None:
+    """``train_info.json`` if the launch wrote it (newer than ``since``); on one node (``required``)
+    rank zero ran here and must have, so its absence is an error."""
+    info_file = model_dir / TRAIN_INFO
+    if info_file.is_file() and info_file.stat().st_mtime >= since:
+        return read_train_info(info_file)
+    if required:
+        raise TrainingLaunchError(f"training finished but wrote no new {info_file}", 0, [])
+    return None

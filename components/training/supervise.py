@@ -125,40 +125,58 @@ def run_streaming(
             bufsize=1,
             start_new_session=True,  # its own process group, apart from the caller's
         )
-
-        def pump() -> None:
-            assert process.stdout is not None
-            for raw in process.stdout:
-                line = raw.rstrip("\n")
-                tail.append(line)
-                on_line(line)
-
-        reader = threading.Thread(target=pump, name="launch-output", daemon=True)
-        reader.start()
-        preempted = False
-        # A SIGTERM to this process (a preempted job) stops the launch as an interrupt does: torchrun
-        # passes it on to the ranks, which write their checkpoints and exit 143.
-        with sigterm_raises(f"training stopped by SIGTERM: {what}"):
-            try:
-                returncode = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _stop(process, grace_s, kill_wait_s)
-                reader.join(timeout=5)
-                raise TrainingLaunchError(
-                    f"training did not finish within {timeout_s:g} s: {what}", None, tail
-                ) from None
-            except Preempted:
-                _stop(process, grace_s, kill_wait_s)
-                preempted = True
-                returncode = EXIT_PREEMPTED if process.returncode is None else process.returncode
-            except BaseException:
-                _stop(process, grace_s, kill_wait_s)
-                raise
+        reader = _start_reader(process, tail, on_line)
+        try:
+            returncode, preempted = _wait(
+                process, timeout_s, what, lambda: _stop(process, grace_s, kill_wait_s)
+            )
+        except TrainingLaunchError as exc:  # timed out
+            reader.join(timeout=5)
+            raise TrainingLaunchError(str(exc), None, tail) from None
         reader.join(timeout=5)
         ranks = recorded_exit_codes(exit_dir) if returncode != 0 else {}
     if returncode == 0:
         return
     _raise_failed(returncode, ranks, what, tail, preempted)
+
+
+def _start_reader(
+    process: subprocess.Popen[str], tail: collections.deque[str], on_line: Callable[[str], None]
+) -> threading.Thread:
+    """A thread passing each line of ``process``'s output to ``on_line`` (and keeping the last ones)."""
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+
+    reader = threading.Thread(target=pump, name="launch-output", daemon=True)
+    reader.start()
+    return reader
+
+
+def _wait(
+    process: subprocess.Popen[str], timeout_s: float | None, what: str, stop: Callable[[], None]
+) -> tuple[int, bool]:
+    """``process``'s exit status and whether this process was preempted meanwhile. A timeout raises
+    :class:`TrainingLaunchError`; a SIGTERM here (a preempted job) or an interrupt ``stop()`` the
+    command first: torchrun passes SIGTERM on to the ranks, which write their checkpoints, exit 143."""
+    with sigterm_raises(f"training stopped by SIGTERM: {what}"):
+        try:
+            return process.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            stop()
+            raise TrainingLaunchError(
+                f"training did not finish within {timeout_s:g} s: {what}", None, []
+            ) from None
+        except Preempted:
+            stop()
+            return (EXIT_PREEMPTED if process.returncode is None else process.returncode), True
+        except BaseException:
+            stop()
+            raise
 
 
 def _raise_failed(
