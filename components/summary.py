@@ -11,7 +11,7 @@ from rich.console import Console
 from components.config import load_params
 from components.data.summary import prepared_table
 from components.evaluation.summary import champion_line, results_table
-from components.registry.register import REPORT
+from components.registry.decisions import REPORT
 from components.tracking import tracking_uri
 
 

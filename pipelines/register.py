@@ -11,7 +11,7 @@ from components.config import load_params
 from pipelines._cli import console, run_stage
 
 if TYPE_CHECKING:
-    from components.registry.register import Decision
+    from components.registry.decisions import Decision
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -25,15 +25,9 @@ from mlflow import MlflowClient
 
 from components.config import PreprocessParams, validate_params
 from components.hashing import sha256_file
+from components.registry.decisions import WEIGHTS_TAG, write_report
 from components.registry.lease import lock_name
-from components.registry.register import (
-    CHAMPION,
-    WEIGHTS_TAG,
-    champion_version,
-    register,
-    registered_model_name,
-    write_report,
-)
+from components.registry.register import CHAMPION, champion_version, register, registered_model_name
 from components.training.train import RUN_FILE, train
 from tests.conftest import REPO, tiny_params
 from tests.servers import free_port, http_ok, mlflow_server_command, started, wait_for

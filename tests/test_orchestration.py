@@ -15,7 +15,7 @@ from components.config import effective_params
 from components.errors import DataValidationError, ParamsError, is_transient
 from components.tracking_server import TrackingError, TrackingUnavailable, tracking_error
 from components.training.supervise import TrainingLaunchError, TrainingUnavailable, run_streaming
-from flows.pipeline import only_transient
+from flows.tasks import only_transient
 from tests.conftest import REPO
 
 

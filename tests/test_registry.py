@@ -21,6 +21,7 @@ from components.config import Params, dump_params, validate_params
 from components.data.prepared import load_prepared
 from components.errors import PipelineError, TransientError
 from components.evaluation.summary import champion_line
+from components.registry.decisions import write_report
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
 from components.registry.package import NETWORKS_DIR
 from components.registry.predict import predict_file
@@ -32,7 +33,6 @@ from components.registry.register import (
     raw_pixels,
     register,
     registered_model_name,
-    write_report,
 )
 from components.training.artifacts import load_trained_model, write_model_manifest
 from components.training.train import train

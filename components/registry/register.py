@@ -25,8 +25,8 @@ neither duplicate a version nor leave the worse model as ``champion``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,40 +35,24 @@ import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from components.atomic import atomic_write_json
 from components.config import Architecture, Params
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
 from components.hashing import sha256_file
+from components.registry.decisions import (
+    DECISION_TAG,
+    WEIGHTS_TAG,
+    Decision,
+    record_decision,
+    recorded_decision,
+    write_report,
+)
 from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
 from components.registry.lease import registry_lease
 from components.registry.package import log_and_register, training_code_tags
 from components.tracking import Tracker, experiment_name, fluent_tracking
 from components.tracking_server import tracking_error
 from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
-
-REPORT = "registration.json"
-# Tags on each model version.
-WEIGHTS_TAG = "weights.sha256"
-DECISION_TAG = "registry.decision"
-REASON_TAG = "registry.reason"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What registering one architecture did (also stored as tags on its version)."""
-
-    architecture: str
-    model_name: str
-    version: str
-    weights_sha256: str
-    metric: str
-    value: float
-    """The new version's ``metric`` on the test split, scored through the registered model."""
-    previous_champion: str | None
-    previous_champion_value: float | None
-    promoted: bool
-    reason: str
 
 
 def registered_model_name(params: Params) -> str:
@@ -181,7 +165,7 @@ def _register_under_lease(
     _ensure_registered_model(client, name, params)
     existing = _version_with_weights(client, name, weights_sha)
     if existing is not None and existing.tags.get(DECISION_TAG):
-        return _recorded_decision(existing, arch, metric)
+        return recorded_decision(existing, arch, metric)
     if existing is None:
         version_tags = {
             "architecture": arch,
@@ -210,7 +194,7 @@ def _register_under_lease(
         promoted=promoted,
         reason=reason,
     )
-    _record(client, decision, existing.run_id)
+    record_decision(client, decision, existing.run_id)
     return decision
 
 
@@ -269,63 +253,7 @@ def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> ModelV
         return None
 
 
-def _record(client: mlflow.MlflowClient, decision: Decision, run_id: str | None) -> None:
-    """The decision as version tags (the record re-registration returns) and on the run."""
-    payload = {
-        DECISION_TAG: "promoted" if decision.promoted else "kept",
-        REASON_TAG: decision.reason,
-        "registry.metric": decision.metric,
-        "registry.value": repr(decision.value),
-        "registry.previous_champion": decision.previous_champion or "",
-        "registry.previous_champion_value": repr(decision.previous_champion_value),
-    }
-    for key, value in payload.items():
-        client.set_model_version_tag(decision.model_name, decision.version, key, value)
-    if run_id:
-        client.set_tag(run_id, "registry.version", f"{decision.model_name}/{decision.version}")
-        client.set_tag(run_id, REASON_TAG, decision.reason)
-
-
-def _recorded_decision(version: ModelVersion, arch: str, metric: str) -> Decision:
-    tags = version.tags
-    previous_value = tags.get("registry.previous_champion_value", "None")
-    return Decision(
-        architecture=arch,
-        model_name=version.name,
-        version=str(version.version),
-        weights_sha256=tags[WEIGHTS_TAG],
-        metric=tags.get("registry.metric", metric),
-        value=float(tags.get("registry.value", "nan")),
-        previous_champion=tags.get("registry.previous_champion") or None,
-        previous_champion_value=None if previous_value == "None" else float(previous_value),
-        promoted=tags[DECISION_TAG] == "promoted",
-        reason=tags.get(REASON_TAG, ""),
-    )
-
-
 def champion_version(params: Params, project_root: Path | str = ".") -> ModelVersion | None:
     """The version the ``champion`` alias points at, or None."""
     tracker = Tracker.open(experiment_name(params), project_root)
     return _alias_version(tracker.client, registered_model_name(params), CHAMPION)
-
-
-def write_report(
-    decisions: Sequence[Decision], champion: ModelVersion | None, path: Path | str
-) -> dict[str, Any]:
-    """``reports/registration.json``: every decision in order and where ``champion`` points now.
-
-    Only registry facts, no timestamps: registering the same weights again writes the same bytes.
-    """
-    report = {
-        "model_name": decisions[0].model_name if decisions else None,
-        "champion": {
-            "version": str(champion.version),
-            "architecture": champion.tags.get("architecture"),
-            "weights_sha256": champion.tags.get(WEIGHTS_TAG),
-        }
-        if champion
-        else None,
-        "decisions": [asdict(d) for d in decisions],
-    }
-    atomic_write_json(path, report)
-    return report

@@ -7,11 +7,21 @@ missing key fails when the file is written, not when someone reads it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import ConfigDict, Field
 
-from components.training.artifacts import MlflowRunRecord, TrainInfoContract
+from components.config import Architecture, Params
+from components.models import config_to_dict, count_parameters
+from components.training.artifacts import MlflowRunRecord, TrainInfoContract, weights_digest
+from components.training.speed import resolve_speed
+
+if TYPE_CHECKING:
+    from components.tracking import Tracker
+    from components.training.fitting import Fit
+    from components.training.train import Build
 
 
 class MlflowRecord(MlflowRunRecord):
@@ -55,3 +65,59 @@ class TrainInfo(TrainInfoContract):
     def to_json(self) -> dict[str, Any]:
         """The mapping written to ``train_info.json`` (and returned by ``train``)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def train_info(
+    params: Params,
+    arch: Architecture,
+    built: Build,
+    fit: Fit,
+    weights: dict[str, torch.Tensor],
+    code: Mapping[str, str],
+    mlflow_record: MlflowRecord,
+) -> TrainInfo:
+    """What this training produced, as ``train_info.json`` records it."""
+    trainer, history, speed = fit.trainer, fit.history, resolve_speed(params.train, arch)
+    steps_here = trainer.global_step - history.start_step
+    images_here = steps_here * params.train.batch_size * trainer.world_size
+    best = fit.best.best_model_score
+    return TrainInfo(
+        architecture=arch,
+        model_config=config_to_dict(built.config),
+        parameters=count_parameters(built.network),
+        epochs=trainer.current_epoch,
+        max_epochs=params.train.max_epochs,
+        stopped_early=trainer.current_epoch < params.train.max_epochs,
+        global_steps=trainer.global_step,
+        resumed_from_step=history.start_step or None,
+        best_val_loss=float(best) if best is not None else None,
+        fit_seconds=round(fit.seconds, 3),
+        train_images_per_second=round(images_here / fit.seconds, 1) if steps_here else None,
+        device=str(trainer.strategy.root_device),
+        world_size=trainer.world_size,
+        num_nodes=trainer.num_nodes,
+        strategy=type(trainer.strategy).__name__,
+        precision=speed.precision,
+        matmul_precision=speed.matmul_precision,
+        channels_last=speed.channels_last,
+        compile=speed.compile,
+        seed=params.train.seed,
+        data_version=built.version,
+        fingerprint=built.key,
+        git_commit=code["git.commit"],
+        git_dirty=code["git.dirty"],
+        weights_sha256=weights_digest(weights),
+        replica_weights_sha256=fit.replicas.digests,
+        mlflow=mlflow_record,
+        history=history.history,
+    )
+
+
+def mlflow_record(tracker: Tracker, run_id: str, parent_run_id: str) -> MlflowRecord:
+    """Where the run lives, as ``train_info.json`` records it."""
+    return MlflowRecord(
+        tracking_uri=tracker.uri,
+        experiment_id=tracker.experiment_id,
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+    )

@@ -37,12 +37,12 @@ from components.config import Architecture, Params, flatten
 from components.data.prepared import data_version, load_prepared, require_split
 from components.errors import ParamsError
 from components.hashing import sha256_bytes
-from components.models import build_model, config_to_dict, count_parameters, model_config
+from components.models import build_model, model_config
 from components.tracking import TrackedRun, Tracker, experiment_name, pipeline_key
-from components.training.artifacts import WEIGHTS, weights_digest, write_model_folder
+from components.training.artifacts import WEIGHTS, write_model_folder
 from components.training.data import ClassificationData
-from components.training.fitting import Fit, checked_weights, make_fit, run_fit
-from components.training.info import MlflowRecord, TrainInfo
+from components.training.fitting import checked_weights, make_fit, run_fit
+from components.training.info import mlflow_record, train_info
 from components.training.module import Classifier
 from components.training.preemption import sigterm_raises
 from components.training.speed import (
@@ -163,62 +163,6 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
     )
     work_dir = work_root / "train" / f"{arch}-{key[:16]}"
     return Build(version, key, work_dir, config, network, module, data, stats)
-
-
-def train_info(
-    params: Params,
-    arch: Architecture,
-    built: Build,
-    fit: Fit,
-    weights: dict[str, torch.Tensor],
-    code: Mapping[str, str],
-    mlflow_record: MlflowRecord,
-) -> TrainInfo:
-    """What this training produced, as ``train_info.json`` records it."""
-    trainer, history, speed = fit.trainer, fit.history, resolve_speed(params.train, arch)
-    steps_here = trainer.global_step - history.start_step
-    images_here = steps_here * params.train.batch_size * trainer.world_size
-    best = fit.best.best_model_score
-    return TrainInfo(
-        architecture=arch,
-        model_config=config_to_dict(built.config),
-        parameters=count_parameters(built.network),
-        epochs=trainer.current_epoch,
-        max_epochs=params.train.max_epochs,
-        stopped_early=trainer.current_epoch < params.train.max_epochs,
-        global_steps=trainer.global_step,
-        resumed_from_step=history.start_step or None,
-        best_val_loss=float(best) if best is not None else None,
-        fit_seconds=round(fit.seconds, 3),
-        train_images_per_second=round(images_here / fit.seconds, 1) if steps_here else None,
-        device=str(trainer.strategy.root_device),
-        world_size=trainer.world_size,
-        num_nodes=trainer.num_nodes,
-        strategy=type(trainer.strategy).__name__,
-        precision=speed.precision,
-        matmul_precision=speed.matmul_precision,
-        channels_last=speed.channels_last,
-        compile=speed.compile,
-        seed=params.train.seed,
-        data_version=built.version,
-        fingerprint=built.key,
-        git_commit=code["git.commit"],
-        git_dirty=code["git.dirty"],
-        weights_sha256=weights_digest(weights),
-        replica_weights_sha256=fit.replicas.digests,
-        mlflow=mlflow_record,
-        history=history.history,
-    )
-
-
-def mlflow_record(tracker: Tracker, run_id: str, parent_run_id: str) -> MlflowRecord:
-    """Where the run lives, as ``train_info.json`` records it."""
-    return MlflowRecord(
-        tracking_uri=tracker.uri,
-        experiment_id=tracker.experiment_id,
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-    )
 
 
 def open_child_run(
