@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -76,18 +77,24 @@ def no_space_error(exc: BaseException, path: Path | str) -> NoSpaceError | None:
     )
 
 
-def _no_space_cause(exc: BaseException) -> BaseException | None:
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``, else ``__context__``), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _no_space_cause(exc: BaseException) -> BaseException | None:
+    for current in _chain(exc):
         if isinstance(current, NoSpaceError):
             return current
         if isinstance(current, OSError) and current.errno == errno.ENOSPC:
             return current
         if any(marker in str(current).lower() for marker in _NO_SPACE):
             return current
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -157,15 +164,11 @@ _UNREACHABLE = (
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a service that did not answer, not bad input or a bug."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, TransientError | ConnectionError | TimeoutError):
             return True
         if isinstance(current, PipelineError):
             return False
         if any(marker in str(current).lower() for marker in _UNREACHABLE):
             return True
-        current = current.__cause__ or current.__context__
     return False
