@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,24 +65,6 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "300", **extra}
-
-
-@contextlib.contextmanager
-def _process(
-    command: list[str], log: Path, cwd: Path, env: dict[str, str]
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``command`` in its own process group, output to ``log``; the group is killed at the end."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
 
 
 def _stage(stage: str, *args: str) -> list[str]:
@@ -168,7 +150,7 @@ def test_a_training_killed_outright_resumes_from_its_checkpoint_in_the_same_mlfl
     # Metrics go to MLflow asynchronously: a kill loses what was queued but not sent yet. Holding
     # them 2 s in MLflow's queue makes that sure: the killed process sends no epoch at all.
     held = _env(MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS="2")
-    with _process(command, log, digits_project, held) as killed:
+    with started(command, log, digits_project, held) as killed:
 
         def resumable() -> bool:  # past a few epochs, and a checkpoint
             return _epochs_done(log) >= 3 and any(work.glob("train/mlp-*/checkpoints/last.ckpt"))
@@ -215,7 +197,7 @@ def _kill_paused(stage_args: list[str], target: Path, tmp_path: Path, cwd: Path)
     script = tmp_path / "paused_stage.py"
     script.write_text(textwrap.dedent(PAUSED_STAGE))
     command = [sys.executable, str(script), str(marker), *stage_args]
-    with _process(command, log, cwd, _env()) as paused:
+    with started(command, log, cwd, _env()) as paused:
         _poll(marker.exists, "the stage about to swap its output in", paused, log, every=0.2)
         assert Path(marker.read_text()).parent == target.parent
         _kill(paused, log)
@@ -295,7 +277,7 @@ def test_a_register_killed_holding_the_lease_leaves_the_report_and_the_next_one_
     client = MlflowClient()
     lock = f"name = '{lock_name(name)}'"
     log = tmp_path / "killed.log"
-    with _process(command, log, digits_project, _env()) as killed:
+    with started(command, log, digits_project, _env()) as killed:
         holding = lambda: bool(client.search_registered_models(lock))  # noqa: E731
         _poll(holding, "the register holding the lease", killed, log)
         _kill(killed, log)
@@ -303,9 +285,9 @@ def test_a_register_killed_holding_the_lease_leaves_the_report_and_the_next_one_
     assert client.search_registered_models(lock), "the killed register's lease is gone: not killed holding it"
 
     capfd.readouterr()
-    started = time.monotonic()
+    began = time.monotonic()
     again = register(params, "mlp", models / "mlp", prepared, project_root=digits_project)
-    took = time.monotonic() - started
+    took = time.monotonic() - began
     write_report([again], champion_version(params, digits_project), report)
     assert "took over the registry lease of" in capfd.readouterr().err
     assert took < 120, f"{took:.0f} s to register after the holder was killed"
@@ -352,7 +334,7 @@ def test_training_outlives_a_tracking_server_killed_mid_training_and_restarted(
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(started(server_command, tmp_path / "server-1.log", tmp_path, server_env))
         wait_for(lambda: http_ok(f"{uri}/health"), DEADLINE_S, "mlflow server", server)
-        training = stack.enter_context(_process(command, log, digits_project, _env(MLFLOW_TRACKING_URI=uri)))
+        training = stack.enter_context(started(command, log, digits_project, _env(MLFLOW_TRACKING_URI=uri)))
         store_client = MlflowClient(store)  # the server's store, read directly: also while it is down
         run_id = ""
 
