@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,15 +37,11 @@ for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 
 # The longest test files start first, so that `pytest -n 3 --dist loadfile` (make test) does not
-# end with one worker running a long file alone. xdist hands a worker its next file when two or
-# fewer of its tests are left, so the one-test test_servers.py is followed at once by
-# test_dvc_repro.py, while test_flow.py and test_postgres.py run on their own first. make test
-# passes --no-loadscope-reorder: xdist would otherwise reorder files by test count, the long
-# end-to-end files (few tests each) last. A stable sort: order inside a file is kept.
+# end with one worker running a long file alone. make test passes --no-loadscope-reorder: xdist
+# would otherwise reorder files by test count, the long end-to-end files (few tests each) last. A stable sort: order inside a file is kept.
 _LONGEST_FIRST = (
     "test_flow.py",
     "test_postgres.py",
-    "test_servers.py",
     "test_dvc_repro.py",
     "test_distributed.py",
     "test_dependencies.py",
@@ -64,7 +64,7 @@ LAYERS = {
     "e2e": (
         "test_dependencies.py", "test_distributed.py", "test_dvc_repro.py", "test_faults_concurrency.py",
         "test_faults_kept.py", "test_faults_preemption.py", "test_faults_services.py", "test_flow.py",
-        "test_postgres.py", "test_servers.py",
+        "test_postgres.py",
     ),
 }  # fmt: skip
 _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
@@ -150,10 +150,32 @@ def prepare_digits(root: Path) -> Path:
     return prepared
 
 
+@functools.cache
+def _empty_mlflow_db() -> Path:
+    """An MLflow SQLite store with every migration applied and nothing in it, built once per process.
+
+    A new store runs MLflow's schema migrations, about 2.5 s of CPU; tests that need an empty store
+    copy this one instead. tests/test_flow.py's flow run still creates its store from nothing.
+    """
+    from mlflow import MlflowClient
+
+    path = Path(tempfile.mkdtemp(prefix="pipeline-tests-mlflow-")) / "mlflow.db"
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def empty_mlflow_store(path: Path) -> str:
+    """Copy an empty, migrated MLflow SQLite store to ``path``; its tracking URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_empty_mlflow_db(), path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh SQLite MLflow store for the module, exported as ``MLFLOW_TRACKING_URI``."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    uri = empty_mlflow_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, empty_mlflow_store
 
 
 def project_files() -> list[str]:
@@ -49,8 +49,12 @@ def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def clone_project(root: Path, params: dict[str, Any] | None = None) -> Path:
-    """Copy the project into ``root`` (optionally with other params) and commit it."""
+def clone_project(root: Path, params: dict[str, Any] | None = None, *, mlflow_db: bool = True) -> Path:
+    """Copy the project into ``root`` (optionally with other params) and commit it.
+
+    ``mlflow_db``: start with an empty, migrated ``mlflow.db`` (ignored by git, as in a clone where
+    the pipeline has run once); false leaves the first stage to create it.
+    """
     for name in project_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
@@ -58,6 +62,8 @@ def clone_project(root: Path, params: dict[str, Any] | None = None) -> Path:
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "clone"]):
         assert run(args, root).returncode == 0
+    if mlflow_db:
+        empty_mlflow_store(root / "mlflow.db")
     return root
 
 

@@ -35,7 +35,7 @@ from components.training.supervise import TrainingLaunchError, run_streaming
 from components.training.train import train
 from components.training.trainer import build_trainer
 from components.training.world_size import check_launched_world_size
-from tests.conftest import prepare_digits, tiny_params
+from tests.conftest import empty_mlflow_store, prepare_digits, tiny_params
 
 DIGITS_TRAIN = 1257  # rows of the digits train split
 
@@ -297,7 +297,7 @@ def test_two_ddp_processes_train_one_model_and_log_one_run(tmp_path: Path) -> No
     epoch, rank zero alone wrote the output and the MLflow run, and the saved weights are the ones
     every rank ended with."""
     prepare_digits(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_mlflow_store(tmp_path / "mlflow.db")
     params = validate_params(
         tiny_params(max_epochs=2, early_stopping_patience=0, accelerator="cpu", devices=2, strategy="ddp")
     )

@@ -29,7 +29,7 @@ from components.registry.decisions import WEIGHTS_TAG, write_report
 from components.registry.lease import lock_name
 from components.registry.register import CHAMPION, champion_version, register, registered_model_name
 from components.training.train import RUN_FILE, train
-from tests.conftest import REPO, tiny_params
+from tests.conftest import REPO, empty_mlflow_store, tiny_params
 from tests.servers import free_port, http_ok, mlflow_server_command, started, wait_for
 
 pytestmark = pytest.mark.usefixtures("tracking_uri")
@@ -322,7 +322,7 @@ def test_training_outlives_a_tracking_server_killed_mid_training_and_restarted(
     epochs = 60
     settings = tiny_params(max_epochs=epochs, early_stopping_patience=0, batch_size=8, steps_per_call=1)
     params_file = _write_params(tmp_path / "params.yaml", settings)
-    port, store = free_port(), f"sqlite:///{tmp_path / 'server.db'}"
+    port, store = free_port(), empty_mlflow_store(tmp_path / "server.db")
     uri = f"http://127.0.0.1:{port}"
     server_command = mlflow_server_command(port, store, tmp_path / "artifacts")
     server_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from components.config import validate_params
 from components.errors import EXIT_PREEMPTED
 from components.training.trainer import PREVIOUS_LAST
-from tests.conftest import REPO, prepare_digits, tiny_params
+from tests.conftest import REPO, empty_mlflow_store, prepare_digits, tiny_params
 from tests.dvcproject import clone_project, dvc
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
@@ -83,7 +83,7 @@ def test_a_signal_to_the_train_stage_exits_143_keeping_a_checkpoint_and_the_run_
 ) -> None:
     """Before: SIGTERM exited 0 (Lightning's SystemExit without a code), Ctrl-C exited 1."""
     prepare_digits(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_mlflow_store(tmp_path / "mlflow.db")
     _long_params(tmp_path / "params.yaml")
     command = [sys.executable, "-m", "pipelines.train", "--arch", "mlp", "--params", "params.yaml"]
     process = subprocess.Popen(
@@ -215,7 +215,7 @@ def test_sigterm_to_a_torchrun_launchers_caller_checkpoints_every_rank_and_exits
     """Before: the caller died at once (SIGTERM's default) and torchrun, in a session of its own,
     trained on; a rank stopped by SIGTERM exited 0."""
     prepare_digits(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_mlflow_store(tmp_path / "mlflow.db")
     _long_params(tmp_path / "params.yaml", accelerator="cpu", devices=2, strategy="ddp")
     (tmp_path / "launch.py").write_text(DDP_STAGE)
     caller = subprocess.Popen(

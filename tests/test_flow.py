@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from components.registry.register import CHAMPION
-from tests.conftest import tiny_params
+from tests.conftest import empty_mlflow_store, tiny_params
 from tests.dvcproject import clone_project, dvc, ran_stages, run
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Dropout draws from torch's process-wide generator: the flow's in-process stages must not
     # interleave with a training, or its weights would differ from dvc repro's (compared below).
     params["models"]["mlp"]["dropout"] = params["models"]["cnn"]["dropout"] = 0.3
-    return clone_project(tmp_path_factory.mktemp("flow-project"), params)
+    # The one run that creates its MLflow store from nothing, as on a fresh clone.
+    return clone_project(tmp_path_factory.mktemp("flow-project"), params, mlflow_db=False)
 
 
 def run_flow(project: Path, **parameters: Any) -> tuple[str, dict[str, Any]]:
@@ -161,7 +162,7 @@ def test_dvc_repro_rebuilds_what_the_flow_built(
     from components.config import load_params
     from components.training.train import train
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(tmp_path / "mlflow.db"))
     params = load_params(project / "params.yaml")
     alone = tmp_path / "cnn"
     train(params, "cnn", project / "data/prepared", alone, work_root=tmp_path / "work", project_root=project)

@@ -1,4 +1,5 @@
-"""Shared services on a real PostgreSQL: MLflow and Prefect servers on it, two pipelines at once.
+"""Shared services on a real PostgreSQL: MLflow and Prefect servers on it, two pipelines at once,
+a work-pool deployment, and the champion served over REST.
 
 A PostgreSQL server (Debian's ``postgresql`` package; ``make test`` installs it when it can) is
 started here on a free loopback port in a temporary data directory, and compose's own init script
@@ -7,29 +8,36 @@ On it run an ``mlflow server`` (proxied artifacts) and a ``prefect server``, eac
 its own role and password over TCP, exactly as ``infra/compose.yaml`` wires them. Two pipelines
 then run at the same time against both servers: the deployment served with a short interval (a
 scheduled run) in one copy of the project and a flow run started by hand in another. Everything
-is read back through the servers' REST APIs.
+is read back through the servers' REST APIs. A cluster deployment is registered for a work pool,
+and the champion the pipelines registered is served by ``mlflow models serve``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import REPO, tiny_params
 from tests.dvcproject import clone_project
 from tests.servers import (
+    BIN,
     completed_flow_runs,
     completed_scheduled_runs,
     free_port,
@@ -191,8 +199,8 @@ def test_a_served_deployment_runs_on_schedule_against_prefect_on_postgres(
     runs = completed_flow_runs(services.prefect_api)
     assert any(run["deployment_id"] and run["auto_scheduled"] for run in runs)
     assert any(not run["deployment_id"] for run in runs)  # the one started by hand
-    (deployment,) = post_json(f"{services.prefect_api}/deployments/filter", {})
-    assert deployment["name"] == "scheduled"
+    found = post_json(f"{services.prefect_api}/deployments/filter", {})
+    assert any(d["name"] == "scheduled" and d["work_pool_name"] is None for d in found), found
 
 
 def _mlflow_runs_by_flow_run(services: Services) -> dict[str, list[dict[str, Any]]]:
@@ -270,3 +278,68 @@ def test_the_registry_stays_consistent_when_two_pipelines_register_at_once(
     # The lease was let go: no lock model is left behind.
     models = _mlflow(services, "registered-models/search")
     assert [m["name"] for m in models.get("registered_models", [])] == [MODEL_NAME]
+
+
+def test_a_work_pool_deployment_is_registered_with_the_cron_schedule_from_params(
+    services: Services, two_pipelines: dict[str, Path]
+) -> None:
+    project = two_pipelines["by-hand"]
+    for command in (
+        [str(BIN / "prefect"), "work-pool", "create", "trial-pool", "--type", "process"],
+        [sys.executable, "-m", "flows.deploy", "work-pool", "--pool", "trial-pool", "--source", str(project)],
+    ):
+        created = subprocess.run(
+            command, cwd=project, env=services.env, capture_output=True, text=True, timeout=180
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+    found = post_json(f"{services.prefect_api}/deployments/filter", {})
+    (deployment,) = [d for d in found if d["work_pool_name"] == "trial-pool"]
+    cron = yaml.safe_load((project / "params.yaml").read_text())["schedule"]["cron"]
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [cron]
+
+
+def test_the_champion_serves_over_rest_as_it_predicts_here_and_refuses_pixels_on_another_scale(
+    services: Services, two_pipelines: dict[str, Path], tmp_path: Path
+) -> None:
+    import mlflow
+
+    from components.data.prepared import load_prepared
+    from components.registry.register import raw_pixels
+    from components.tracking import fluent_tracking
+
+    prepared = load_prepared(two_pipelines["by-hand"] / "data" / "prepared")
+    pixels = raw_pixels(prepared.splits["test"], prepared.stats)[:16]
+    port = free_port()
+    model_server = [
+        str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+        "--host", "127.0.0.1", "--port", str(port), "--env-manager", "local", "--workers", "1",
+    ]  # fmt: skip
+    with started(model_server, tmp_path / "model-serve.log", tmp_path, services.env) as process:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), 180, "mlflow models serve", process)
+        answer = _invoke(port, pixels)
+        # Pixels on another scale (16x the digits' 0..16) are a 400 naming the rule and the range,
+        # not class 0 at probability 1.0.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _invoke(port, pixels * 16)
+        error = json.loads(refused.value.read())
+    assert refused.value.code == 400, error
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "pixel values must lie within the training data's range 0..16" in error["message"]
+    # Not mlflow.set_tracking_uri: the global would outlive this test and point later ones here.
+    with fluent_tracking(services.mlflow_uri):
+        local = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion").predict(pixels)
+    served = [row["class_id"] for row in answer["predictions"]]
+    assert served == local["class_id"].tolist()
+    names = prepared.stats.class_names
+    assert [row["class_name"] for row in answer["predictions"]] == [names[i] for i in served]
+    assert np.allclose([row["probability"] for row in answer["predictions"]], local["probability"], atol=1e-6)
+
+
+def _invoke(port: int, pixels: np.ndarray) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"inputs": pixels.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
