@@ -28,7 +28,8 @@ from components.errors import ParamsError
 from components.evaluation.inference import predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.evaluation.plots import confusion_png, predictions_csv
-from components.tracking import Tracker, experiment_name, pipeline_key
+from components.naming import experiment_name
+from components.tracking import Tracker, pipeline_key
 from components.training.artifacts import check_same_data, load_trained_model
 
 METRICS = "metrics.json"

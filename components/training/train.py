@@ -38,7 +38,8 @@ from components.data.prepared import data_version, load_prepared, require_split
 from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, model_config
-from components.tracking import TrackedRun, Tracker, experiment_name, pipeline_key
+from components.naming import experiment_name
+from components.tracking import TrackedRun, Tracker, pipeline_key
 from components.training.artifacts import WEIGHTS, write_model_folder
 from components.training.data import ClassificationData
 from components.training.fitting import checked_weights, make_fit, run_fit
