@@ -241,8 +241,9 @@ class RegisterParams(Section):
     """Model-registry settings (read by the ``register`` stage)."""
 
     model_name: str | None = None
-    """Registered model name; ``null`` means ``<data.source>-classifier`` (one registered model
-    per dataset)."""
+    """Registered model name; ``null`` means ``<dataset name>-classifier``, one registered model per
+    dataset (``digits-classifier``, ``npz-mydata-classifier``; the dataset name as for
+    ``mlflow.experiment_name``)."""
     metric: Literal["test_accuracy", "test_f1_macro"] = "test_accuracy"
     """Metric that decides whether a new version becomes ``champion``."""
 
@@ -251,7 +252,10 @@ class MLflowParams(Section):
     """Tracking settings. The server itself comes from ``MLFLOW_TRACKING_URI``."""
 
     experiment_name: str | None = None
-    """Experiment name; ``null`` means one experiment per dataset, named after ``data.source``."""
+    """Experiment name; ``null`` means one experiment per dataset, named after it: ``data.source``
+    for ``digits``, ``mnist``, ``fashion_mnist`` and ``kmnist``, else ``<data.source>-<name>``, the
+    name being ``data.path``'s last part without extension, lower-cased, reduced to ``a-z0-9-``
+    (``data/MyData.npz`` -> ``npz-mydata``)."""
 
 
 class ScheduleParams(Section):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
@@ -34,6 +34,13 @@ class TrackedRun:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+    def log_inputs(self, inputs: Sequence[DatasetInput]) -> None:
+        """Log the datasets the run read (:mod:`components.tracking_datasets`). Logging one again, as
+        a resumed training or the evaluation reopening the run does, adds nothing: MLflow links a
+        dataset (name and digest) to a run once."""
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=list(inputs))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Queue one batch of metrics at ``step``; returns without waiting for the server."""

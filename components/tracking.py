@@ -2,7 +2,8 @@
 
 - Server: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<project>/mlflow.db`` (MLflow 3 no
   longer accepts a plain file store), with artifacts in ``<project>/mlartifacts``.
-- One experiment per dataset (``mlflow.experiment_name``, default ``data.source``).
+- One experiment per dataset (``mlflow.experiment_name``, default the dataset's name:
+  :func:`components.naming.experiment_name`).
 - One parent run per pipeline run and one child run per architecture, so the MLflow UI compares
   architectures side by side. A flow passes its own parent in ``PIPELINE_PARENT_RUN_ID``; under
   ``dvc repro`` (one process per stage) the stages find their parent by a key made of the data
@@ -90,10 +91,6 @@ def pipeline_key(params: Params, version: str, commit: str) -> str:
     """Key shared by every stage of one pipeline run ."""
     settings = params.model_dump(exclude={"train": {"architectures"}, "mlflow": True})
     return sha256_bytes(dumps_json({"data": version, "commit": commit, "params": settings}).encode())
-
-
-def experiment_name(params: Params) -> str:
-    return params.mlflow.experiment_name or params.data.source
 
 
 @dataclass

@@ -124,7 +124,8 @@ def training_pipeline(
 ) -> dict[str, Any]:
     """Run the pipeline on ``params_file`` (relative to ``project_root``), with optional overrides
     of its keys (``overrides`` takes dotted keys, e.g. ``{"train.batch_size": 256}``)."""
-    from components.tracking import Tracker, experiment_name
+    from components.naming import experiment_name
+    from components.tracking import Tracker
     from pipelines._cli import set_offline_defaults
 
     set_offline_defaults()  # bounded MLflow retries also where a worker runs the flow

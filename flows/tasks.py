@@ -74,7 +74,8 @@ def preprocess_task(run: PipelineRun) -> bool:
 @task(name="open-parent-run", **RETRY)
 def open_parent_task(run: PipelineRun) -> str:
     from components.code_version import code_tags
-    from components.tracking import Tracker, experiment_name
+    from components.naming import experiment_name
+    from components.tracking import Tracker
 
     tracker = Tracker.open(experiment_name(run.params), run.root)
     tags = {"data.source": run.params.data.source, "data.version": data_version(run.path(PREPARED))}

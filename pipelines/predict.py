@@ -16,8 +16,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from components.config import load_params
+from components.naming import registered_model_name
 from components.registry.predict import PREDICT_BATCH_SIZE, pinned_model_uri, predict_file
-from components.registry.register import CHAMPION, registered_model_name
+from components.registry.register import CHAMPION
 from components.tracking import fluent_tracking, tracking_uri
 from pipelines._cli import console, run_stage
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.entities import DatasetInput
 
 from components.atomic import atomic_directory, dumps_json
 from components.code_version import code_tags
@@ -28,7 +29,9 @@ from components.errors import ParamsError
 from components.evaluation.inference import predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
 from components.evaluation.plots import confusion_png, predictions_csv
-from components.tracking import Tracker, experiment_name, pipeline_key
+from components.naming import experiment_name
+from components.tracking import Tracker, pipeline_key
+from components.tracking_datasets import split_inputs
 from components.training.artifacts import check_same_data, load_trained_model
 
 METRICS = "metrics.json"
@@ -62,6 +65,7 @@ def evaluate(
     device = evaluation_device(params)
     trained = load_trained_model(model_dir, device)
     version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
+    test_input = split_inputs(params, prepared, prepared_dir, version, ("test",))
 
     x = torch.from_numpy(test.x).to(device)  # (N, C, H, W), normalised
     result = predict(trained.model, x, params.evaluate.batch_size)
@@ -86,7 +90,7 @@ def evaluate(
         csv = predictions_csv(test.labels, result.classes, class_names)
         (reports / PREDICTIONS).write_text(csv, encoding="utf-8")
         (reports / METRICS).write_text(dumps_json(metrics), encoding="utf-8")
-        _log_to_mlflow(params, arch, trained.info, metrics, reports, project_root, version)
+        _log_to_mlflow(params, arch, trained.info, metrics, reports, project_root, version, test_input)
     return metrics
 
 
@@ -98,8 +102,9 @@ def _log_to_mlflow(
     reports: Path,
     project_root: Path | str,
     version: str,
+    inputs: list[DatasetInput],
 ) -> None:
-    """Add the test metrics and report files to the run that trained the model."""
+    """Add the test metrics, report files and test split (``inputs``) to the run that trained the model."""
     tracker = Tracker.open(experiment_name(params), project_root)
     mlflow_info = info.get("mlflow") or {}
     run_id = mlflow_info.get("run_id")
@@ -117,4 +122,5 @@ def _log_to_mlflow(
         context = tracker.child_run(parent, f"{arch}-evaluate", tags)
     with context as run:
         run.log_metrics(numeric)
+        run.log_inputs(inputs)
         run.log_artifacts(reports, "evaluation")  # the four files, and nothing else

@@ -39,6 +39,7 @@ from components.config import Architecture, Params
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
 from components.hashing import sha256_file
+from components.naming import experiment_name, registered_model_name
 from components.registry.decisions import (
     DECISION_TAG,
     WEIGHTS_TAG,
@@ -50,13 +51,9 @@ from components.registry.decisions import (
 from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
 from components.registry.lease import registry_lease
 from components.registry.package import log_and_register, training_code_tags
-from components.tracking import Tracker, experiment_name, fluent_tracking
+from components.tracking import Tracker, fluent_tracking
 from components.tracking_server import tracking_error
 from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
-
-
-def registered_model_name(params: Params) -> str:
-    return params.register.model_name or f"{params.data.source}-classifier"
 
 
 def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from mlflow.entities import DatasetInput
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.code_version import code_tags
@@ -38,7 +39,9 @@ from components.data.prepared import data_version, load_prepared, require_split
 from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, model_config
-from components.tracking import TrackedRun, Tracker, experiment_name, pipeline_key
+from components.naming import experiment_name
+from components.tracking import TrackedRun, Tracker, pipeline_key
+from components.tracking_datasets import split_inputs
 from components.training.artifacts import WEIGHTS, write_model_folder
 from components.training.data import ClassificationData
 from components.training.fitting import checked_weights, make_fit, run_fit
@@ -129,6 +132,7 @@ class Build:
     module: Classifier
     data: ClassificationData
     stats: Any  # the train split's normalisation (components.data.normalize.Normalization)
+    inputs: list[DatasetInput]  # the train and val splits as MLflow dataset inputs (tracking_datasets)
 
 
 def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Path) -> Build:
@@ -162,7 +166,8 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
         (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
     )
     work_dir = work_root / "train" / f"{arch}-{key[:16]}"
-    return Build(version, key, work_dir, config, network, module, data, stats)
+    inputs = split_inputs(params, prepared, prepared_dir, version, ("train", "val"))
+    return Build(version, key, work_dir, config, network, module, data, stats, inputs)
 
 
 def open_child_run(
@@ -196,6 +201,7 @@ def open_child_run(
     built.work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(built.work_dir / RUN_FILE, {"run_id": run.run_id})
     run.log_params(run_params(params, arch))
+    run.log_inputs(built.inputs)
     return run, parent
 
 
