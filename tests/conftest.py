@@ -38,7 +38,8 @@ for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 # The longest test files start first, so that `pytest -n 3 --dist loadfile` (make test) does not
 # end with one worker running a long file alone. make test passes --no-loadscope-reorder: xdist
-# would otherwise reorder files by test count, the long end-to-end files (few tests each) last. A stable sort: order inside a file is kept.
+# would otherwise reorder files by test count, the long end-to-end files (few tests each) last.
+# A stable sort: order inside a file is kept.
 _LONGEST_FIRST = (
     "test_flow.py",
     "test_postgres.py",
