@@ -410,6 +410,7 @@ def test_image_preprocessing_ignores_the_text_params(tmp_path: Path) -> None:
     )
     assert "text" not in manifest["params"]
     assert "kind" not in manifest
+    assert load_prepared(tmp_path / "out").stats.input_shape == [1, 8, 8]
 
 
 # the stage CLIs -----------------------------------------------------------------------------------
