@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.errors import ParamsError
 
-DataSource = Literal["digits", "mnist", "fashion_mnist", "kmnist", "idx", "imagefolder", "npz"]
+DataSource = Literal["digits", "mnist", "fashion_mnist", "kmnist", "idx", "imagefolder", "npz", "text"]
 Architecture = Literal["mlp", "cnn", "lstm", "transformer"]
 ALL_ARCHITECTURES: tuple[Architecture, ...] = typing.get_args(Architecture)
 
@@ -44,35 +44,61 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    """Where the images come from (read by the ``ingest`` stage)."""
+    """Where the images or texts come from (read by the ``ingest`` stage)."""
 
     source: DataSource = "digits"
     """Dataset kind: ``digits`` (scikit-learn's bundled 8x8 digits, 1,797 images, no files needed),
     ``mnist``, ``fashion_mnist``, ``kmnist`` (torchvision's files under a local root), ``idx`` (a
     folder of IDX image/label pairs), ``imagefolder`` (one sub-folder of PNG/JPEG images per class)
-    or ``npz`` (arrays ``x``/``y``, optional ``x_test``/``y_test``). See docs/data-sources.md."""
+    or ``npz`` (arrays ``x``/``y``, optional ``x_test``/``y_test``); ``text``: labelled texts in a
+    TSV, CSV, JSONL or Parquet file, or a folder of ``train.*``/``test.*`` (docs/text.md). See
+    docs/data-sources.md."""
     path: str = "data/source"
-    """Folder holding the files of a file-based source, relative to ``params.yaml`` or absolute; a
-    DVC dependency of ``ingest``; ignored by ``digits``."""
+    """Folder (or, for ``npz`` and ``text``, file) holding a file-based source's data, relative to
+    ``params.yaml`` or absolute; a DVC dependency of ``ingest``; ignored by ``digits``."""
     download: bool = False
     """Let torchvision download ``mnist``/``fashion_mnist``/``kmnist`` into ``path``: the only
     network access the project makes, so off unless asked."""
     num_classes: PositiveInt | None = None
-    """Number of classes for ``idx``/``npz`` labels (0..num_classes-1). ``null``: fixed by the
-    source (10 for the digit sets, one per folder for ``imagefolder``), else max label + 1."""
+    """Number of classes for ``idx``/``npz``/``text`` labels (0..num_classes-1). ``null``: fixed by
+    the source (10 for the digit sets, one per folder for ``imagefolder``, one per class name for
+    ``text`` string labels), else max label + 1."""
+    text_column: Annotated[str, Field(min_length=1)] = "text"
+    """``text`` only: the column (TSV/CSV header, JSONL key, Parquet column) holding the texts."""
+    label_column: Annotated[str, Field(min_length=1)] = "label"
+    """``text`` only: the column holding the labels (integers 0..K-1, or class names)."""
+
+    @model_validator(mode="after")
+    def _columns_differ(self) -> DataParams:
+        if self.text_column == self.label_column:
+            raise ValueError(f"text_column and label_column must differ (both {self.text_column!r})")
+        return self
+
+
+class TextPreprocessParams(Section):
+    """Tokenisation of ``text`` data: a word-level vocabulary fitted on the train split only."""
+
+    vocab_size: Annotated[int, Field(ge=3)] = 1000
+    """Largest vocabulary, ``[PAD]`` and ``[UNK]`` included: the most frequent words of the train
+    split (ties in alphabetical order); fewer when the train split has fewer distinct words."""
+    max_length: PositiveInt = 100
+    """Tokens kept per text (the rest is cut off); shorter texts are right-padded with ``[PAD]``."""
 
 
 class PreprocessParams(Section):
-    """How the ingested pool is split (read by the ``preprocess`` stage)."""
+    """How the ingested pool is split, and texts tokenised (read by the ``preprocess`` stage)."""
 
     seed: Seed = 42
     """Seed of the stratified split; same seed and same input give byte-identical output."""
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     """Share held out for validation (early stopping, model selection): of the source's training
-    split when it has a test split of its own, else of the whole pool, like ``test_fraction``."""
+    split when it has a test split of its own, else of the whole pool, like ``test_fraction``;
+    unused when the source has a validation split of its own (a ``text`` folder's ``dev.*``)."""
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     """Share of the pool held out for testing, used only when the source has no test split of its
     own (``digits``, a single IDX pair, one image folder, an npz without test arrays)."""
+    text: TextPreprocessParams = TextPreprocessParams()
+    """Tokenisation (``data.source: text`` only)."""
 
     @model_validator(mode="after")
     def _fractions_leave_a_training_set(self) -> PreprocessParams:

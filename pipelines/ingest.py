@@ -9,6 +9,7 @@ import typer
 
 from components.config import load_params
 from components.data.ingest import ingest
+from components.data.manifest import is_text
 from pipelines._cli import console, run_stage
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -27,7 +28,8 @@ def main(
         settings = load_params(params)
         manifest = ingest(settings.data, out, root=params.resolve().parent)
         counts = ", ".join(f"{name} {entry['count']}" for name, entry in manifest["splits"].items())
-        console.print(f"ingest: {manifest['source']} -> {out} ({counts} images)", highlight=False)
+        unit = "texts" if is_text(manifest) else "images"
+        console.print(f"ingest: {manifest['source']} -> {out} ({counts} {unit})", highlight=False)
 
     run_stage("ingest", body)
 

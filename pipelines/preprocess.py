@@ -1,4 +1,4 @@
-"""DVC stage ``preprocess``: split, normalise and one-hot ``data/raw`` into ``data/prepared``."""
+"""DVC stage ``preprocess``: split, normalise or tokenise, one-hot ``data/raw`` into ``data/prepared``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from components.config import load_params
+from components.data.manifest import is_text
 from components.data.preprocess import preprocess
 from pipelines._cli import console, run_stage
 
@@ -26,7 +27,14 @@ def main(
         settings = load_params(params)
         manifest = preprocess(settings.preprocess, raw, out)
         counts = ", ".join(f"{name} {entry['count']}" for name, entry in manifest["splits"].items())
-        console.print(f"preprocess: {raw} -> {out} ({counts} images)", highlight=False)
+        unit = "texts" if is_text(manifest) else "images"
+        console.print(f"preprocess: {raw} -> {out} ({counts} {unit})", highlight=False)
+        if is_text(manifest):
+            rates = ", ".join(
+                f"{name} {e['oov_rate']:.1%} OOV, {e['truncation_rate']:.1%} truncated"
+                for name, e in manifest["splits"].items()
+            )
+            console.print(f"preprocess: vocabulary {manifest['vocab_size']}; {rates}", highlight=False)
 
     run_stage("preprocess", body)
 

@@ -1,4 +1,5 @@
-"""Tiny data sets written by the tests themselves: IDX pairs, PNG class folders, npz archives."""
+"""Tiny data sets written by the tests themselves: IDX pairs, PNG class folders, npz archives,
+labelled-text files."""
 
 from __future__ import annotations
 
@@ -90,4 +91,34 @@ def write_npz(
     arrays |= extra
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
+    return path
+
+
+def write_text_file(
+    path: Path, rows: list[tuple[str, str | int]], columns: tuple[str, str] = ("text", "label")
+) -> Path:
+    """``rows`` of (text, label) as a labelled-text file in the format of ``path``'s extension:
+    ``.tsv`` (no quoting: texts must hold no tab or newline), ``.csv`` (standard quoting),
+    ``.jsonl`` or ``.parquet``; header row / keys / column names ``columns``."""
+    import csv
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".tsv":
+        lines = ["\t".join(columns), *(f"{text}\t{label}" for text, label in rows)]
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    elif path.suffix == ".csv":
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows([columns, *rows])
+    elif path.suffix == ".jsonl":
+        objects = [json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False) for row in rows]
+        path.write_text("".join(line + "\n" for line in objects), encoding="utf-8")
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        texts, labels = zip(*rows, strict=True)
+        pq.write_table(pa.table({columns[0]: list(texts), columns[1]: list(labels)}), path)
+    else:
+        raise ValueError(f"no writer for {path.suffix}")
     return path

@@ -1,6 +1,7 @@
 """Ingest stage: read a source, check the data contract, write ``data/raw`` atomically.
 
-Output folder::
+Output folder of an image source (a ``text`` source's is described in
+:mod:`components.data.text_raw`)::
 
     data/raw/
       <split>.safetensors   images (N x C x H x W, source dtype) and labels (N, int64)
@@ -23,6 +24,7 @@ from components.data.contract import RawSplit, SourceData, check_source
 from components.data.manifest import MANIFEST
 from components.data.sources import load_source
 from components.data.tensorfile import save_arrays
+from components.data.text_raw import TextSourceData, write_text_raw
 from components.errors import DataSourceError
 from components.hashing import sha256_file
 
@@ -76,6 +78,9 @@ def ingest(params: DataParams, out_dir: Path | str, root: Path | str = ".") -> d
             f"{data.num_classes} classes ({', '.join(data.class_names)}); set it to "
             f"{data.num_classes} or null"
         )
+    if isinstance(data, TextSourceData):  # every record already checked by the text source
+        with atomic_directory(out_dir) as tmp:
+            return write_text_raw(params, data, tmp)
     check_source(data)
     with atomic_directory(out_dir) as tmp:
         for name, split in data.splits.items():

@@ -18,6 +18,7 @@ from components.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
+TOKENIZER = "tokenizer.json"
 
 REQUIRED_KEYS: dict[str, dict[str, type]] = {
     "ingest": {"source": str, "num_classes": int, "class_names": list, "splits": dict},
@@ -35,6 +36,25 @@ REQUIRED_KEYS: dict[str, dict[str, type]] = {
 
 HASHED_FILES: dict[str, dict[str, str]] = {"preprocess": {"stats_sha256": STATS}}
 """Per stage, files besides the splits whose sha256 the manifest records: key -> file name."""
+
+TEXT_REQUIRED_KEYS: dict[str, dict[str, type]] = {
+    "preprocess": {
+        **{k: v for k, v in REQUIRED_KEYS["preprocess"].items() if k != "image_shape"},
+        "max_length": int,
+        "vocab_size": int,
+        "tokenizer_sha256": str,
+    }
+}
+"""What replaces :data:`REQUIRED_KEYS` for a manifest with ``"kind": "text"`` (no image shape)."""
+TEXT_HASHED_FILES: dict[str, dict[str, str]] = {
+    "preprocess": {"stats_sha256": STATS, "tokenizer_sha256": TOKENIZER}
+}
+"""What replaces :data:`HASHED_FILES` for a manifest with ``"kind": "text"``."""
+
+
+def is_text(manifest: dict[str, Any]) -> bool:
+    """Whether a data stage's manifest describes text (``"kind": "text"``; images have no kind)."""
+    return manifest.get("kind") == "text"
 
 
 def write_file_manifest(folder: Path, stage: str, names: Sequence[str]) -> dict[str, Any]:
@@ -70,7 +90,7 @@ def read_manifest(folder: Path, stage: str, required: Sequence[str] = ()) -> dic
         _check_hash(folder / entry["file"], entry["sha256"], path, stage, f"for split {name!r}")
     for name, expected in manifest.get("files", {}).items():
         _check_hash(folder / name, expected, path, stage, "")
-    for key, file_name in HASHED_FILES.get(stage, {}).items():
+    for key, file_name in (TEXT_HASHED_FILES if is_text(manifest) else HASHED_FILES).get(stage, {}).items():
         _check_hash(folder / file_name, manifest[key], path, stage, f"as {key}")
     return manifest
 
@@ -78,7 +98,8 @@ def read_manifest(folder: Path, stage: str, required: Sequence[str] = ()) -> dic
 def _check_structure(manifest: dict[str, Any], path: Path, stage: str) -> None:
     """The keys readers use are there with the right types; each split entry names a file in the
     same folder and its sha256; ``class_names`` holds ``num_classes`` strings."""
-    for key, kind in REQUIRED_KEYS.get(stage, {"splits": dict}).items():
+    required = TEXT_REQUIRED_KEYS if is_text(manifest) else REQUIRED_KEYS
+    for key, kind in required.get(stage, {"splits": dict}).items():
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise DataValidationError(

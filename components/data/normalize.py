@@ -39,6 +39,11 @@ class Normalization:
     pixel_max: list[float] | None = None
     """Per-channel largest raw pixel value of the training split (``None`` as for ``pixel_min``)."""
 
+    @property
+    def input_shape(self) -> list[int]:
+        """Shape of one model input (C, H, W), like ``TextStats.input_shape`` (L,) for text."""
+        return self.image_shape
+
     @classmethod
     def fit(cls, images: np.ndarray, class_names: list[str], source: str) -> Normalization:
         """Statistics of ``images`` (N x C x H x W) computed in float64 per channel."""

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from components.data.manifest import MANIFEST, STATS, read_manifest
+from components.data.manifest import MANIFEST, STATS, is_text, read_manifest
 from components.data.normalize import Normalization
 from components.data.tensorfile import load_arrays
+from components.data.text_stats import TextStats
 from components.errors import DataValidationError
 from components.hashing import sha256_file
 
@@ -20,7 +21,8 @@ class PreparedSplit:
     """One prepared split."""
 
     x: np.ndarray
-    """N x C x H x W float32, normalised."""
+    """Images: N x C x H x W float32, normalised. Text: (N, L) int64 token ids, right-padded with
+    0 (``tokenizer.json`` in the same folder)."""
     y: np.ndarray
     """N x K float32 one-hot."""
     labels: np.ndarray
@@ -32,20 +34,24 @@ class PreparedData:
     """Every split plus the statistics and the manifest (whose hash is the data version)."""
 
     splits: dict[str, PreparedSplit]
-    stats: Normalization
+    stats: Normalization | TextStats
+    """The image normalisation, or for text (``manifest["kind"] == "text"``) the vocabulary size,
+    sequence length and class names."""
     manifest: dict[str, Any]
 
 
 def load_prepared(folder: Path | str) -> PreparedData:
     """Load and hash-check ``folder`` (the preprocess output): every split file and ``stats.json``
-    must match the sha256 in its manifest, so an edited normalisation or class list is refused."""
+    must match the sha256 in its manifest, so an edited normalisation or class list is refused
+    (for text, ``tokenizer.json`` too)."""
     folder = Path(folder)
     manifest = read_manifest(folder, "preprocess")
     splits = {}
     for name, entry in manifest["splits"].items():
         arrays = load_arrays(folder / entry["file"], required=("x", "y", "labels"))
         splits[name] = PreparedSplit(x=arrays["x"], y=arrays["y"], labels=arrays["labels"])
-    return PreparedData(splits=splits, stats=Normalization.load(folder / STATS), manifest=manifest)
+    stats = TextStats.load(folder / STATS) if is_text(manifest) else Normalization.load(folder / STATS)
+    return PreparedData(splits=splits, stats=stats, manifest=manifest)
 
 
 def data_version(folder: Path | str) -> str:

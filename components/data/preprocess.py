@@ -18,6 +18,9 @@ so the same params and input give byte-identical files.
 
 The output is replaced only if every class has images in the train and the test split (validation
 may miss a rare class, see :func:`check_class_coverage`) and the normalised pixels are finite.
+
+Text (a raw manifest with ``"kind": "text"``) is split the same way and tokenised instead of
+normalised: :mod:`components.data.preprocess_text`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from components.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from components.config import PreprocessParams
 from components.data.contract import nonfinite_images
-from components.data.manifest import MANIFEST, STATS, read_manifest
+from components.data.manifest import MANIFEST, STATS, is_text, read_manifest
 from components.data.normalize import Normalization
 from components.data.tensorfile import load_arrays, save_arrays
 from components.errors import DataValidationError
@@ -169,6 +172,10 @@ def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | st
     """
     raw_dir = Path(raw_dir)
     raw_manifest = read_manifest(raw_dir, "ingest")
+    if is_text(raw_manifest):
+        from components.data.preprocess_text import preprocess_text  # it imports this module
+
+        return preprocess_text(params, raw_dir, out_dir, raw_manifest)
     files = {name: raw_dir / entry["file"] for name, entry in raw_manifest["splits"].items()}
     raw = {name: load_arrays(file, required=("images", "labels")) for name, file in files.items()}
     num_classes = int(raw_manifest["num_classes"])
@@ -205,7 +212,7 @@ def preprocess(params: PreprocessParams, raw_dir: Path | str, out_dir: Path | st
             "num_classes": num_classes,
             "class_names": class_names,
             "image_shape": stats.image_shape,
-            "params": params.model_dump(),
+            "params": params.model_dump(exclude={"text"}),  # images ignore preprocess.text
             "raw_manifest_sha256": sha256_file(raw_dir / MANIFEST),
             "stats_sha256": sha256_file(tmp / STATS),
             "splits": entries,

@@ -6,18 +6,21 @@ from pathlib import Path
 
 from rich.table import Table
 
-from components.data.manifest import read_manifest
+from components.data.manifest import is_text, read_manifest
 
 
 def prepared_table(folder: Path | str) -> Table:
-    """A table of the prepared splits: images, image shape and samples per class."""
+    """A table of the prepared splits: images (or texts), input shape and samples per class."""
     folder = Path(folder)
     manifest = read_manifest(folder, "preprocess")
-    shape = "x".join(str(d) for d in manifest["image_shape"])
-    table = Table(title=f"{manifest['source']} prepared in {folder} (images {shape})")
+    if is_text(manifest):
+        shape = f"texts as {manifest['max_length']} token ids, vocabulary {manifest['vocab_size']}"
+    else:
+        shape = "images " + "x".join(str(d) for d in manifest["image_shape"])
+    table = Table(title=f"{manifest['source']} prepared in {folder} ({shape})")
     table.add_column("split")
     table.add_column("file")
-    table.add_column("images", justify="right")
+    table.add_column("texts" if is_text(manifest) else "images", justify="right")
     table.add_column("per class (min..max)", justify="right")
     for name in ("train", "val", "test"):
         entry = manifest["splits"][name]
