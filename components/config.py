@@ -13,12 +13,13 @@ which is what ``dvc exp run -S train.max_epochs=3`` does to the file.
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +32,11 @@ ALL_ARCHITECTURES: tuple[Architecture, ...] = typing.get_args(Architecture)
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy's and Lightning's seeding accept
+
+
+def is_text_source(source: str) -> bool:
+    """Whether ``data.source`` gives token sequences (text) rather than images."""
+    return source == "text"
 
 
 class Section(BaseModel):
@@ -181,30 +187,57 @@ class TrainParams(Section):
         return self
 
 
-class MLPParams(Section):
-    """``mlp``: flatten -> hidden layers (ReLU) -> classes."""
+class ModelSection(Section):
+    """A ``models.<arch>`` section: some keys shape only image models, some only token models."""
+
+    IMAGE_ONLY: ClassVar[frozenset[str]] = frozenset()
+    TEXT_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+
+class MLPParams(ModelSection):
+    """``mlp``: flatten (images) or the mean of the token embeddings (text) -> hidden layers (ReLU)
+    -> classes."""
+
+    TEXT_ONLY = frozenset({"embedding_dim"})
 
     hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256, 128]
     """Width of each hidden layer, input side first."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     """Dropout after each hidden layer."""
+    embedding_dim: PositiveInt = 64
+    """Text only: width of the token embeddings, whose mean over the real tokens feeds the first
+    hidden layer."""
 
 
-class CNNParams(Section):
-    """``cnn``: [conv 3x3 -> ReLU -> max-pool 2] per entry of ``channels`` -> dense -> classes.
-    Valid convolutions while every stage keeps at least a 2x2 map (28x28: 28 -> 26 -> 13 -> 11 ->
-    5), "same" padding otherwise (8x8: 8 -> 4 -> 2), decided from the input shape."""
+class CNNParams(ModelSection):
+    """``cnn``. Images: [conv 3x3 -> ReLU -> max-pool 2] per entry of ``channels`` -> dense ->
+    classes; valid convolutions while every stage keeps at least a 2x2 map (28x28: 28 -> 26 -> 13
+    -> 11 -> 5), "same" padding otherwise (8x8: 8 -> 4 -> 2), decided from the input shape. Text
+    (Kim 2014): token embeddings -> parallel 1-D convolutions, one per ``kernel_sizes`` entry ->
+    ReLU -> max over time -> dropout -> classes."""
+
+    IMAGE_ONLY = frozenset({"channels", "dense_size"})
+    TEXT_ONLY = frozenset({"embedding_dim", "kernel_sizes", "filters"})
 
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
-    """Output channels of each 3x3 convolution (each followed by ReLU and 2x2 max-pooling)."""
+    """Images only: output channels of each 3x3 convolution (each followed by ReLU and 2x2
+    max-pooling)."""
     dense_size: PositiveInt = 64
-    """Width of the dense layer before the classifier."""
+    """Images only: width of the dense layer before the classifier."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    """Dropout before the dense layer and before the classifier."""
+    """Dropout before the dense layer and before the classifier (text: on the pooled features)."""
+    embedding_dim: PositiveInt = 64
+    """Text only: width of the token embeddings."""
+    kernel_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [3, 4, 5]
+    """Text only: width in tokens of each parallel convolution."""
+    filters: PositiveInt = 100
+    """Text only: output channels of each of those convolutions."""
 
 
-class LSTMParams(Section):
+class LSTMParams(ModelSection):
     """``lstm``: image rows (or embedded tokens) as time steps -> LSTM -> dense -> classes."""
+
+    TEXT_ONLY = frozenset({"embedding_dim"})
 
     hidden_size: PositiveInt = 64
     """LSTM hidden state width."""
@@ -212,19 +245,20 @@ class LSTMParams(Section):
     """Stacked LSTM layers."""
     dense_size: PositiveInt = 64
     """Width of the dense layer on the last hidden state."""
-    vocab_size: PositiveInt | None = None
-    """Token input: vocabulary size of the embedding; ``null`` for images (rows as time steps)."""
-    embedding_dim: PositiveInt = 32
-    """Token input: embedding width."""
+    embedding_dim: PositiveInt = 64
+    """Text only: width of the token embeddings (the LSTM's input per step)."""
 
 
-class TransformerParams(Section):
-    """``transformer``: patch (or token) embedding + positions -> encoder -> pooled -> classes."""
+class TransformerParams(ModelSection):
+    """``transformer``: patch (or token) embedding + positions -> encoder -> pooled -> classes.
+    Text: padding is masked out of attention and of the mean pool."""
+
+    IMAGE_ONLY = frozenset({"patch_size"})
 
     patch_size: PositiveInt = 4
-    """Side of the square image patches (images are zero-padded to a multiple of it)."""
+    """Images only: side of the square image patches (images are zero-padded to a multiple of it)."""
     d_model: PositiveInt = 64
-    """Embedding width; divisible by ``num_heads``."""
+    """Embedding width (of patches or tokens); divisible by ``num_heads``."""
     num_heads: PositiveInt = 8
     """Attention heads per layer."""
     num_layers: PositiveInt = 2
@@ -234,11 +268,7 @@ class TransformerParams(Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     """Dropout inside each layer."""
     pool: Literal["mean", "cls"] = "mean"
-    """Sequence pooling: mean over positions, or a learned class token."""
-    vocab_size: PositiveInt | None = None
-    """Token input: vocabulary size; ``null`` for images (patches)."""
-    max_seq_len: PositiveInt = 256
-    """Token input: longest sequence (size of the position table)."""
+    """Sequence pooling: mean over positions (text: over real tokens), or a learned class token."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TransformerParams:
@@ -248,12 +278,34 @@ class TransformerParams(Section):
 
 
 class ModelsParams(Section):
-    """Per-architecture sizes."""
+    """Per-architecture sizes. A key marked images only or text only must keep its default when
+    ``data.source`` gives the other kind of input (params validation names it otherwise); a text
+    model's vocabulary size and sequence length come from the prepared data's tokenizer."""
 
     mlp: MLPParams = MLPParams()
     cnn: CNNParams = CNNParams()
     lstm: LSTMParams = LSTMParams()
     transformer: TransformerParams = TransformerParams()
+
+
+def keys_for_other_input(models: ModelsParams, source: str) -> list[str]:
+    """A line per ``models.<arch>`` key set away from its default that only the other input kind
+    reads (an image-only key with text data, a text-only key with images): a setting that would
+    silently change nothing is refused instead."""
+    text = is_text_source(source)
+    kind, other = ("token sequences", "image") if text else ("images", "text")
+    problems = []
+    for arch in ALL_ARCHITECTURES:
+        section: ModelSection = getattr(models, arch)
+        ignored = section.IMAGE_ONLY if text else section.TEXT_ONLY
+        for key, field in type(section).model_fields.items():
+            if key in ignored and getattr(section, key) != field.default:
+                default = json.dumps(field.default)
+                problems.append(
+                    f"models.{arch}.{key} applies to {other} data only (data.source: {source} gives {kind}); "
+                    f"set it back to its default {default} (got {json.dumps(getattr(section, key))})"
+                )
+    return problems
 
 
 class EvaluateParams(Section):
@@ -343,6 +395,13 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
         mlflow: MLflowParams = MLflowParams()
         schedule: ScheduleParams = ScheduleParams()
+
+        @model_validator(mode="after")
+        def _model_keys_fit_the_input(self) -> Params:
+            problems = keys_for_other_input(self.models, self.data.source)
+            if problems:
+                raise ValueError("\n  ".join(problems))
+            return self
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -434,6 +493,8 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
 
 def _describe(error: Mapping[str, Any]) -> str:
     loc: tuple[int | str, ...] = tuple(error["loc"])
+    if not loc and error["type"] == "value_error":  # a whole-file rule: its message names the keys
+        return str(error["msg"]).removeprefix("Value error, ")
     key = ".".join(str(part) for part in loc) or "<top level>"
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])

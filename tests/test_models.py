@@ -39,10 +39,9 @@ def test_output_is_one_logit_row_per_image(arch: Architecture, shape: tuple[int,
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("arch", ["lstm", "transformer"])
-def test_sequence_models_take_token_ids_when_a_vocabulary_is_set(arch: Architecture) -> None:
-    models = ModelsParams.model_validate({arch: {"vocab_size": 50}})
-    config = model_config(arch, models, (12,), num_classes=3)
+@pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
+def test_every_architecture_takes_token_ids_when_the_data_give_a_vocabulary(arch: Architecture) -> None:
+    config = model_config(arch, ModelsParams(), (12,), num_classes=3, vocab_size=50)
     model = build_model(arch, config)
     tokens = torch.randint(0, 50, (4, 12))  # (B, T)
     assert model(tokens).shape == (4, 3)

@@ -218,8 +218,8 @@ def test_diverged_training_writes_no_model_and_keeps_no_checkpoint(digits_projec
 @pytest.mark.parametrize(
     ("arch", "section", "key"),
     [
-        ("lstm", {"vocab_size": 10}, r"models\.lstm\.vocab_size: 10 asks for token input.*1x8x8 images"),
-        ("transformer", {"vocab_size": 10}, r"models\.transformer\.vocab_size"),
+        ("lstm", {"embedding_dim": 10}, r"models\.lstm\.embedding_dim applies to text data only"),
+        ("cnn", {"kernel_sizes": [2]}, r"models\.cnn\.kernel_sizes applies to text data only"),
         (
             "cnn",
             {"channels": [8, 8, 8, 8]},

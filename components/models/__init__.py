@@ -11,21 +11,25 @@ is loaded under another name, without this project installed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .cnn import CNN, CNNConfig
+from .cnn import CNNConfig
+from .cnn_text import build_cnn
 from .lstm import LSTMClassifier, LSTMConfig
 from .mlp import MLP, MLPConfig
 from .raw_pixels import RawPixelClassifier, class_probabilities, inference_device, pixel_range_problem
+from .tokens import PAD_ID
 from .transformer import TransformerClassifier, TransformerConfig
 
 if TYPE_CHECKING:  # annotations only: a registered model's copy of this package has no params module
     from components.config import Architecture, ModelsParams
 
 __all__ = [
+    "FROM_DATA",
+    "PAD_ID",
     "REGISTRY",
     "ModelConfig",
     "RawPixelClassifier",
@@ -41,22 +45,36 @@ __all__ = [
 
 ModelConfig = MLPConfig | CNNConfig | LSTMConfig | TransformerConfig
 
-REGISTRY: dict[str, tuple[type[Any], type[nn.Module]]] = {
+# Per architecture: its config dataclass and what builds the module from a config.
+REGISTRY: dict[str, tuple[type[Any], Callable[[Any], nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
-    "cnn": (CNNConfig, CNN),
+    "cnn": (CNNConfig, build_cnn),
     "lstm": (LSTMConfig, LSTMClassifier),
     "transformer": (TransformerConfig, TransformerClassifier),
 }
 
+# Config fields that come from the prepared data, not from params.yaml.
+FROM_DATA = frozenset({"input_shape", "num_classes", "vocab_size"})
+# Keys that old model.json files may hold and configs no longer have (the position table's size
+# now comes from the data's sequence length).
+_RETIRED = frozenset({"max_seq_len"})
+
 
 def model_config(
-    arch: Architecture, models: ModelsParams, input_shape: Sequence[int], num_classes: int
+    arch: Architecture,
+    models: ModelsParams,
+    input_shape: Sequence[int],
+    num_classes: int,
+    vocab_size: int | None = None,
 ) -> ModelConfig:
-    """The config of ``arch`` from its ``models.<arch>`` section and the data's shape."""
+    """The config of ``arch`` from its ``models.<arch>`` section and the prepared data: images'
+    (C, H, W), or token input's (T,) and the tokenizer's ``vocab_size``."""
     config_cls, _ = REGISTRY[arch]
     section = getattr(models, arch).model_dump()
     fields = {key: tuple(value) if isinstance(value, list) else value for key, value in section.items()}
-    config: ModelConfig = config_cls(input_shape=tuple(input_shape), num_classes=num_classes, **fields)
+    config: ModelConfig = config_cls(
+        input_shape=tuple(input_shape), num_classes=num_classes, vocab_size=vocab_size, **fields
+    )
     return config
 
 
@@ -70,15 +88,19 @@ def config_from_dict(arch: str, data: dict[str, Any]) -> ModelConfig:
     if arch not in REGISTRY:
         raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(REGISTRY)})")
     config_cls, _ = REGISTRY[arch]
-    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    fields = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in data.items()
+        if key not in _RETIRED
+    }
     config: ModelConfig = config_cls(**fields)
     return config
 
 
 def build_model(arch: str, config: ModelConfig) -> nn.Module:
     """Instantiate ``arch`` from its config."""
-    _, module_cls = REGISTRY[arch]
-    model: nn.Module = module_cls(config)
+    _, build = REGISTRY[arch]
+    model: nn.Module = build(config)
     return model
 
 

@@ -4,6 +4,8 @@ The classic MNIST network uses unpadded ("valid") convolutions: 28 -> 26 -> 13 -
 8x8 digits that would shrink the map to nothing (8 -> 6 -> 3 -> 1 -> 0), so the padding is chosen
 from the input shape: valid convolutions while every stage keeps at least a 2x2 map, "same"
 padding otherwise (8 -> 8 -> 4 -> 4 -> 2).
+
+Token input (``vocab_size`` set) takes Kim (2014)'s network instead: :mod:`.cnn_text`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .tokens import check_input_kind
 
 KERNEL = 3
 POOL = 2
@@ -34,14 +38,22 @@ def choose_padding(height: int, width: int, stages: int) -> int:
 
 @dataclass(frozen=True)
 class CNNConfig:
-    input_shape: tuple[int, int, int]  # (C, H, W) of one image
+    input_shape: tuple[int, ...]  # (C, H, W) of one image, or (T,) of one token sequence
     num_classes: int  # width of the logits
-    channels: tuple[int, ...] = (32, 64)  # output channels of each conv stage
-    dense_size: int = 64  # width of the dense layer before the classifier
-    dropout: float = 0.0  # dropout before the dense layer and before the classifier
+    channels: tuple[int, ...] = (32, 64)  # images: output channels of each conv stage
+    dense_size: int = 64  # images: width of the dense layer before the classifier
+    dropout: float = 0.0  # dropout before the dense layer (tokens: the pooled features) and the classifier
+    vocab_size: int | None = None  # token input: the tokenizer's vocabulary size; None: images
+    embedding_dim: int = 64  # token input: embedding width
+    kernel_sizes: tuple[int, ...] = (3, 4, 5)  # token input: width (in tokens) of each parallel convolution
+    filters: int = 100  # token input: output channels of each of those convolutions
 
     def __post_init__(self) -> None:
-        _ = self.feature_shape  # too many conv+pool stages for the image: refused here, not mid-build
+        check_input_kind("cnn", self.input_shape, self.vocab_size)
+        if self.vocab_size is None:
+            _ = self.feature_shape  # too many conv+pool stages for the image: refused here, not mid-build
+        elif not self.kernel_sizes or min(self.kernel_sizes) < 1:
+            raise ValueError(f"cnn: kernel_sizes must be one or more widths >= 1, got {self.kernel_sizes}")
 
     @property
     def padding(self) -> int:

@@ -1,7 +1,9 @@
-"""``lstm``: a sequence -> LSTM -> dense on the last hidden state -> class logits.
+"""``lstm``: a sequence -> LSTM -> dense on the final hidden state -> class logits.
 
-Images are read row by row: an image (C, H, W) is H time steps of C*W features. Token input
-(``vocab_size`` set) is a (B, T) tensor of ids, embedded first.
+Images are read row by row: an image (C, H, W) is H time steps of C*W features, and the final
+hidden state feeds the head. Token input (``vocab_size`` set) is a (B, T) tensor of ids,
+right-padded with ``PAD_ID``, embedded first and packed, so that the LSTM stops at each row's
+last real token and the padding changes neither the result nor the work.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from .inputs import check_input_kind
 from .raw_pixels import fold_into_affine
+from .tokens import check_input_kind, real_tokens, token_embedding
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,8 @@ class LSTMConfig:
     hidden_size: int = 64  # LSTM hidden state width
     num_layers: int = 1  # stacked LSTM layers
     dense_size: int = 64  # dense layer on the last hidden state
-    vocab_size: int | None = None  # token input: vocabulary size; None: image rows as steps
-    embedding_dim: int = 32  # token input: embedding width
+    vocab_size: int | None = None  # token input: the tokenizer's vocabulary size; None: images
+    embedding_dim: int = 64  # token input: embedding width
 
     def __post_init__(self) -> None:
         check_input_kind("lstm", self.input_shape, self.vocab_size)
@@ -43,9 +46,8 @@ class LSTMClassifier(nn.Module):
     def __init__(self, config: LSTMConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = (
-            nn.Embedding(config.vocab_size, config.embedding_dim) if config.vocab_size is not None else None
-        )
+        vocab = config.vocab_size
+        self.embedding = None if vocab is None else token_embedding(vocab, config.embedding_dim)
         self.lstm = nn.LSTM(
             config.step_features, config.hidden_size, num_layers=config.num_layers, batch_first=True
         )
@@ -56,13 +58,24 @@ class LSTMClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.embedding is not None:
-            steps = self.embedding(x)  # (B, T) ids -> (B, T, embedding_dim)
-        else:
-            b, c, h, w = x.shape
-            steps = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # (B, C, H, W) -> (B, H, C*W)
+        if self.embedding is not None:  # x: (B, T) ids
+            return self.head(self._last_real_output(x))  # (B, hidden_size) -> (B, num_classes)
+        b, c, h, w = x.shape
+        steps = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # (B, C, H, W) -> (B, H, C*W)
         _, (hidden, _) = self.lstm(steps)  # hidden: (num_layers, B, hidden_size)
         return self.head(hidden[-1])  # (B, hidden_size) -> (B, num_classes)
+
+    def _last_real_output(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) right-padded ids -> (B, hidden_size): the top layer's output at each last real token.
+
+        The LSTM runs over each row's real tokens only (a packed sequence), so the padding costs
+        no steps and cannot reach the final hidden state.
+        """
+        assert self.embedding is not None
+        lengths = real_tokens(x).sum(dim=1).cpu()  # (B,), on the host as packing requires
+        packed = pack_padded_sequence(self.embedding(x), lengths, batch_first=True, enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)  # hidden: (num_layers, B, hidden_size), in the input's order
+        return hidden[-1]
 
     def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:
         """Make the first LSTM layer's input weights take raw pixel rows (see

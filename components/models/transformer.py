@@ -2,7 +2,9 @@
 
 An image (C, H, W) is zero-padded on the right and bottom to a multiple of ``patch_size`` and cut
 into non-overlapping square patches, each projected to ``d_model`` (a strided convolution, as in
-ViT). Token input (``vocab_size`` set) is a (B, T) tensor of ids, embedded instead.
+ViT). Token input (``vocab_size`` set) is a (B, T) tensor of ids, right-padded with ``PAD_ID`` and
+embedded instead, with a position table of T rows; the padding is masked out of attention (as keys)
+and out of the mean pool, so it changes no real position's output.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inputs import check_input_kind
 from .raw_pixels import fold_into_affine
+from .tokens import check_input_kind, masked_mean, real_tokens, token_embedding
 
 
 @dataclass(frozen=True)
@@ -30,16 +32,10 @@ class TransformerConfig:
     ff_size: int = 512  # feed-forward width
     dropout: float = 0.1  # dropout inside the encoder
     pool: Literal["mean", "cls"] = "mean"  # mean over positions or a learned class token
-    vocab_size: int | None = None  # token input: vocabulary size; None: image patches
-    max_seq_len: int = 256  # token input: size of the position table
+    vocab_size: int | None = None  # token input: the tokenizer's vocabulary size; None: images
 
     def __post_init__(self) -> None:
         check_input_kind("transformer", self.input_shape, self.vocab_size)
-        if self.vocab_size is not None and self.input_shape[0] > self.max_seq_len:
-            raise ValueError(
-                f"models.transformer.max_seq_len: {self.max_seq_len} positions, but the sequences "
-                f"have {self.input_shape[0]} tokens"
-            )
 
     @property
     def padded_hw(self) -> tuple[int, int]:
@@ -52,7 +48,7 @@ class TransformerConfig:
     def num_positions(self) -> int:
         """Sequence length fed to the encoder, class token excluded."""
         if self.vocab_size is not None:
-            return self.max_seq_len
+            return self.input_shape[0]  # T: the longest sequence the data holds
         h, w = self.padded_hw
         return (h // self.patch_size) * (w // self.patch_size)
 
@@ -64,7 +60,7 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         self.config = config
         if config.vocab_size is not None:
-            self.embed: nn.Module = nn.Embedding(config.vocab_size, config.d_model)
+            self.embed: nn.Module = token_embedding(config.vocab_size, config.d_model)
         else:
             channels = config.input_shape[0]
             self.embed = nn.Conv2d(channels, config.d_model, config.patch_size, stride=config.patch_size)
@@ -88,6 +84,11 @@ class TransformerClassifier(nn.Module):
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> (B, T, d_model) embeddings without positions."""
         if self.config.vocab_size is not None:
+            if x.shape[1] > self.config.num_positions:
+                raise ValueError(
+                    f"transformer: {x.shape[1]} tokens per sequence, but its position table holds "
+                    f"{self.config.num_positions} (the prepared data's max_length)"
+                )
             return self.embed(x)  # (B, T) ids -> (B, T, d_model)
         height, width = x.shape[-2:]
         pad_h, pad_w = self.config.padded_hw
@@ -97,12 +98,18 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self._tokens(x)  # (B, T, d_model)
+        real = real_tokens(x) if self.config.vocab_size is not None else None  # (B, T) or None: images
         if self.cls_token is not None:
             cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, d_model)
             tokens = torch.cat([cls, tokens], dim=1)  # (B, 1+T, d_model)
+            real = None if real is None else F.pad(real, (1, 0), value=True)  # (B, 1+T)
         tokens = tokens + self.positions[:, : tokens.shape[1]]
-        encoded = self.norm(self.encoder(tokens))  # (B, T', d_model)
-        pooled = encoded[:, 0] if self.cls_token is not None else encoded.mean(dim=1)  # (B, d_model)
+        padding = None if real is None else ~real  # (B, T'): True = ignored as a key
+        encoded = self.norm(self.encoder(tokens, src_key_padding_mask=padding))  # (B, T', d_model)
+        if self.cls_token is not None:
+            pooled = encoded[:, 0]  # (B, d_model)
+        else:
+            pooled = encoded.mean(dim=1) if real is None else masked_mean(encoded, real)  # (B, d_model)
         return self.head(pooled)  # (B, num_classes)
 
     def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:
