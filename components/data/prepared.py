@@ -11,6 +11,7 @@ import numpy as np
 from components.data.manifest import MANIFEST, STATS, is_text, read_manifest
 from components.data.normalize import Normalization
 from components.data.tensorfile import load_arrays
+from components.data.text_raw import unpack_texts
 from components.data.text_stats import TextStats
 from components.errors import DataValidationError
 from components.hashing import sha256_file
@@ -27,6 +28,8 @@ class PreparedSplit:
     """N x K float32 one-hot."""
     labels: np.ndarray
     """N int64 class ids."""
+    texts: list[str] | None = None
+    """Text: the raw strings the ids were encoded from; ``None`` for images."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,14 @@ def load_prepared(folder: Path | str) -> PreparedData:
     manifest = read_manifest(folder, "preprocess")
     splits = {}
     for name, entry in manifest["splits"].items():
-        arrays = load_arrays(folder / entry["file"], required=("x", "y", "labels"))
-        splits[name] = PreparedSplit(x=arrays["x"], y=arrays["y"], labels=arrays["labels"])
+        file = folder / entry["file"]
+        arrays = load_arrays(file, required=("x", "y", "labels"))
+        texts = (
+            unpack_texts(arrays["text_bytes"], arrays["text_offsets"], file)
+            if "text_bytes" in arrays
+            else None
+        )
+        splits[name] = PreparedSplit(x=arrays["x"], y=arrays["y"], labels=arrays["labels"], texts=texts)
     stats = TextStats.load(folder / STATS) if is_text(manifest) else Normalization.load(folder / STATS)
     return PreparedData(splits=splits, stats=stats, manifest=manifest)
 

@@ -9,6 +9,8 @@ Output folder::
           y             (N, K) float32 one-hot labels
           labels        (N,) int64 class ids
           source_index  (N,) int64 position in the raw split the text came from
+          text_bytes, text_offsets  the raw texts (components.data.text_raw), for the error report
+                        and the registered model's checks on raw strings
       tokenizer.json    the Hugging Face tokenizer, fitted on the train split only
       stats.json        TextStats: class names, vocabulary size, L, pad/unk ids
       manifest.json     params, raw manifest hash, tokenizer/stats sha256, per split: file sha256,
@@ -34,7 +36,7 @@ from components.config import PreprocessParams
 from components.data.manifest import MANIFEST, STATS, TOKENIZER
 from components.data.preprocess import SPLITS, SplitPlan, check_class_coverage, plan_splits
 from components.data.tensorfile import save_arrays
-from components.data.text_raw import read_text_split
+from components.data.text_raw import pack_texts, read_text_split
 from components.data.text_stats import TextStats
 from components.data.tokenize import PAD_ID, UNK_ID, fit_tokenizer, pad, token_ids, tokenizer_json
 from components.hashing import sha256_file
@@ -71,6 +73,7 @@ def _write_split(
     unknown = sum(row.count(UNK_ID) for row in ids)
     truncated = sum(len(row) > max_length for row in ids)
     one_hot = np.eye(num_classes, dtype=np.float32)  # (K, K)
+    text_bytes, text_offsets = pack_texts(texts)
     save_arrays(
         file,
         {
@@ -79,6 +82,8 @@ def _write_split(
             "y": one_hot[labels],  # (N, K)
             "labels": labels.astype(np.int64),
             "source_index": index.astype(np.int64),
+            "text_bytes": text_bytes,
+            "text_offsets": text_offsets,
         },
     )
     return {

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cnn import CNN, CNNConfig
-from .tokens import PAD_ID, real_tokens, token_embedding
+from .tokens import PAD_ID, real_tokens, token_embedding, trim_padding
 
 
 class TextCNN(nn.Module):
@@ -34,6 +34,7 @@ class TextCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T) right-padded ids -> logits (B, num_classes)
+        x = trim_padding(x)  # (B, T'): columns of padding only
         embedded = self.embedding(x) * (x != PAD_ID).unsqueeze(-1)  # (B, T, E), pad rows exactly 0
         steps = embedded.transpose(1, 2)  # (B, E, T)
         lengths = real_tokens(x).sum(dim=1, keepdim=True)  # (B, 1)

@@ -31,6 +31,16 @@ def real_tokens(x: torch.Tensor) -> torch.Tensor:
     return real
 
 
+def trim_padding(x: torch.Tensor) -> torch.Tensor:
+    """(B, T) right-padded ids -> (B, T') without the columns that are padding in every row.
+
+    Exact for a model whose output padding cannot change (all of them here), and on data of short
+    texts padded to a long ``max_length`` most of the work. One host sync per batch.
+    """
+    longest = int(real_tokens(x).sum(dim=1).max())
+    return x[:, :longest]
+
+
 def masked_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` (B, T, D) over the positions where ``real`` (B, T) is True -> (B, D)."""
     weights = real.unsqueeze(-1).to(values.dtype)  # (B, T, 1)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .raw_pixels import fold_into_affine
-from .tokens import check_input_kind, masked_mean, real_tokens, token_embedding
+from .tokens import check_input_kind, masked_mean, real_tokens, token_embedding, trim_padding
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ class TransformerClassifier(nn.Module):
         return patches.flatten(2).transpose(1, 2)  # (B, T, d_model), T = H'W'/p^2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.vocab_size is not None:
+            x = trim_padding(x)  # (B, T) -> (B, T'): columns of padding only cost attention
         tokens = self._tokens(x)  # (B, T, d_model)
         real = real_tokens(x) if self.config.vocab_size is not None else None  # (B, T) or None: images
         if self.cls_token is not None:

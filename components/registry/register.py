@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from components.config import Architecture, Params
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
+from components.errors import DataValidationError
 from components.hashing import sha256_file
 from components.naming import experiment_name, registered_model_name
 from components.registry.decisions import (
@@ -122,6 +123,8 @@ def _candidate(arch: Architecture, model_dir: Path, prepared_dir: Path) -> _Cand
     prepared = load_prepared(prepared_dir)
     test = require_split(prepared, "test", prepared_dir)
     version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
+    if not isinstance(prepared.stats, Normalization):  # until the text pyfunc lands (issue 24)
+        raise DataValidationError(prepared_dir, "registering text models is not supported yet")
     return _Candidate(
         arch=arch,
         trained=trained,

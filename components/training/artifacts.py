@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from components.atomic import dumps_json
-from components.data.manifest import MANIFEST, read_manifest, write_file_manifest
+from components.data.manifest import MANIFEST, TOKENIZER, read_manifest, write_file_manifest
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedData, data_version
+from components.data.text_stats import TextStats
 from components.errors import DataValidationError, is_no_space
 from components.models import ModelConfig, build_model, config_from_dict, config_to_dict
 
@@ -39,7 +41,9 @@ MODEL_CARD = "model.json"
 STATS = "stats.json"
 TRAIN_INFO = "train_info.json"
 MODEL_FILES = (WEIGHTS, MODEL_CARD, STATS, TRAIN_INFO)
-"""The files of a model folder that its manifest lists (``manifest.json`` itself aside)."""
+"""The files of every model folder that its manifest lists (``manifest.json`` itself aside); a text
+model's folder also holds ``tokenizer.json``, listed too."""
+Stats = Normalization | TextStats
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,14 @@ class TrainedModel:
     architecture: str
     config: ModelConfig
     model: nn.Module
-    stats: Normalization
+    stats: Stats
     info: dict[str, Any]
     folder: Path
+
+    @property
+    def tokenizer(self) -> Path | None:
+        """Text: the tokenizer the model was trained with; ``None`` for images."""
+        return self.folder / TOKENIZER if isinstance(self.stats, TextStats) else None
 
 
 def write_model_folder(
@@ -59,11 +68,13 @@ def write_model_folder(
     architecture: str,
     config: ModelConfig,
     state_dict: dict[str, torch.Tensor],
-    stats: Normalization,
+    stats: Stats,
     info: dict[str, Any],
+    *,
+    tokenizer: Path | None = None,
 ) -> None:
-    """Write the four files and their manifest into ``folder`` (a temporary folder that is then
-    renamed into place)."""
+    """Write the four files (five with a text model's ``tokenizer``, copied) and their manifest into
+    ``folder`` (a temporary folder that is then renamed into place)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     try:
         save_file(tensors, str(folder / WEIGHTS))
@@ -75,12 +86,16 @@ def write_model_folder(
     (folder / MODEL_CARD).write_text(dumps_json(card), encoding="utf-8")
     (folder / STATS).write_text(stats.to_json(), encoding="utf-8")
     (folder / TRAIN_INFO).write_text(dumps_json(info), encoding="utf-8")
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, folder / TOKENIZER)
     write_model_manifest(folder)
 
 
 def write_model_manifest(folder: Path | str) -> None:
     """Record the sha256 of the model folder's files in its ``manifest.json`` (after they are written)."""
-    write_file_manifest(Path(folder), "train", MODEL_FILES)
+    folder = Path(folder)
+    extra = (TOKENIZER,) if (folder / TOKENIZER).is_file() else ()
+    write_file_manifest(folder, "train", (*MODEL_FILES, *extra))
 
 
 def verify_model_folder(folder: Path | str) -> None:
@@ -184,7 +199,14 @@ def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -
             folder / MODEL_CARD, "must name a known architecture and its config", str(exc)
         ) from None
     try:
-        stats = Normalization.from_dict(_read_json(folder / STATS))
+        raw_stats = _read_json(folder / STATS)
+        stats: Stats = (
+            TextStats.from_dict(raw_stats)
+            if raw_stats.get("kind") == "text"
+            else Normalization.from_dict(raw_stats)
+        )
+        if isinstance(stats, TextStats):
+            read_manifest(folder, "train", required=(TOKENIZER,))
     except TypeError as exc:
         raise DataValidationError(
             folder / STATS, "must hold the normalisation written by preprocess", str(exc)

@@ -35,7 +35,10 @@ from mlflow.entities import DatasetInput
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.code_version import code_tags
 from components.config import Architecture, Params, flatten
+from components.data.manifest import TOKENIZER
+from components.data.normalize import Normalization
 from components.data.prepared import data_version, load_prepared, require_split
+from components.data.text_stats import TextStats
 from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, model_config
@@ -131,7 +134,8 @@ class Build:
     network: torch.nn.Module
     module: Classifier
     data: ClassificationData
-    stats: Any  # the train split's normalisation (components.data.normalize.Normalization)
+    stats: Normalization | TextStats  # the train split's normalisation, or the text's vocabulary
+    tokenizer: Path | None  # text: the prepared data's tokenizer.json, which travels with the model
     inputs: list[DatasetInput]  # the train and val splits as MLflow dataset inputs (tracking_datasets)
 
 
@@ -143,7 +147,10 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
     version = data_version(prepared_dir)
     stats = prepared.stats
     try:
-        config = model_config(arch, params.models, stats.image_shape, len(stats.class_names))
+        vocab = stats.vocab_size if isinstance(stats, TextStats) else None
+        config = model_config(
+            arch, params.models, stats.input_shape, len(stats.class_names), vocab_size=vocab
+        )
     except ValueError as exc:  # a setting that does not fit the data (names its models.<arch> key)
         raise ParamsError(str(exc)) from None
     key = fingerprint(params, arch, version)
@@ -167,7 +174,8 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
     )
     work_dir = work_root / "train" / f"{arch}-{key[:16]}"
     inputs = split_inputs(params, prepared, prepared_dir, version, ("train", "val"))
-    return Build(version, key, work_dir, config, network, module, data, stats, inputs)
+    tokenizer = prepared_dir / TOKENIZER if isinstance(stats, TextStats) else None
+    return Build(version, key, work_dir, config, network, module, data, stats, tokenizer, inputs)
 
 
 def open_child_run(
@@ -215,7 +223,7 @@ def record(
 ) -> None:
     """Write the model folder atomically, log its size and files to the run, drop the checkpoints."""
     with atomic_directory(out_dir) as tmp:
-        write_model_folder(tmp, arch, built.config, weights, built.stats, info)
+        write_model_folder(tmp, arch, built.config, weights, built.stats, info, tokenizer=built.tokenizer)
     size = {
         "model_parameters": float(info["parameters"]),
         "model_bytes": float((out_dir / WEIGHTS).stat().st_size),
