@@ -158,7 +158,7 @@ def test_dvc_repro_rebuilds_what_the_flow_built(
     assert {name: (project / name).read_bytes() for name in files} == from_flow
     assert len(_versions(project)) == versions  # same weights: no new version
 
-    # The other architecture too (the flow's trainings and model loads took turns), trained here alone.
+    # The other architecture too, trained here alone: the same weights as the flow's.
     from components.config import load_params
     from components.training.train import train
 

@@ -175,7 +175,7 @@ def two_pipelines(services: Services, tmp_path_factory: pytest.TempPathFactory) 
     scheduled, by_hand = clone_project(tmp / "scheduled", params), clone_project(tmp / "by-hand", params)
     direct = [sys.executable, "-m", "flows.pipeline", "--no-summary"]
     with (
-        started(serve_command(scheduled, 5), tmp / "serve.log", scheduled, services.env) as serve,
+        started(serve_command(scheduled, 30), tmp / "serve.log", scheduled, services.env) as serve,
         started(direct, tmp / "by-hand.log", by_hand, services.env) as flow,
     ):
         wait_for(lambda: flow.poll() is not None, 400, "the flow run started by hand", serve)
@@ -248,7 +248,7 @@ def test_both_pipelines_are_recorded_in_mlflow_on_postgres(
         assert (path / "models/mlp/weights.safetensors").is_file()
     # The hand-started run trained, evaluated and recorded both in its two runs.
     assert _trained(by_flow_run.get(by_hand["id"], [])), by_flow_run.get(by_hand["id"])
-    # The served deployment keeps scheduling runs every 5 s in one project folder: one of them
+    # The served deployment keeps scheduling runs every 30 s in one project folder: one of them
     # trained; every other found everything up to date and recorded only its parent run.
     outcomes = {r["id"]: by_flow_run.get(r["id"], []) for r in scheduled}
     assert sum(_trained(found) for found in outcomes.values()) == 1, (timeline, outcomes)
