@@ -1,10 +1,13 @@
-"""Batch prediction with a registered model (not a DVC stage): images in, one CSV row per image out.
+"""Batch prediction with a registered model (not a DVC stage): images (or, for a text model, texts)
+in, one CSV row per image (text) out.
 
 Examples::
 
     python -m pipelines.predict data/new_digits/ --out predictions.csv        # champion
     python -m pipelines.predict t10k-images-idx3-ubyte.gz --version 3 --out v3.csv
     python -m pipelines.predict batch.npz --model-name mnist-classifier
+    python -m pipelines.predict new_reviews.txt --out reviews.csv             # a text model: a line each
+    python -m pipelines.predict new_reviews.tsv --text-column review          # default: data.text_column
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    source: Annotated[Path, typer.Argument(help="Folder of images, IDX image file, or .npz (array x).")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of images, IDX image file, or .npz (array x); for a text model a .tsv, .csv, "
+            ".jsonl or .parquet file (its text column) or a .txt file (one text a line)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="CSV to write (atomically).")] = Path("predictions.csv"),
     params: Annotated[
         Path, typer.Option(help="Settings file: the registered model's name; its folder, the MLflow store.")
@@ -50,11 +59,20 @@ def main(
             "(0..255 for a model trained on 0..16, or 0..1 for one trained on 0..255)."
         ),
     ] = True,
+    text_column: Annotated[
+        str | None,
+        typer.Option(help="Text models: the column holding the texts (default: data.text_column)."),
+    ] = None,
 ) -> None:
-    """Load the registered model and write class id, name and probabilities for every image."""
+    """Load the registered model and write class id, name and probabilities for every image (text)."""
 
     def body() -> None:
-        name = model_name or registered_model_name(load_params(params))
+        if model_name is None or (text_column is None and params.is_file()):
+            settings = load_params(params)
+            name = model_name or registered_model_name(settings)
+            column = text_column or settings.data.text_column
+        else:
+            name, column = model_name, text_column or "text"
         columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # The registry of the project whose params.yaml this is (MLFLOW_TRACKING_URI wins), not an
         # mlflow.db in whatever folder the command runs from.
@@ -74,9 +92,11 @@ def main(
                 device=device,
                 on_batch=advance,
                 check_range=range_check,
+                text_column=column,
             )
         which = uri if version else f"{uri} ({alias})"
-        console.print(f"predict: {len(result)} images with {which} -> {out}", highlight=False, soft_wrap=True)
+        kind = "texts" if "text" in result.columns else "images"
+        console.print(f"predict: {len(result)} {kind} with {which} -> {out}", highlight=False, soft_wrap=True)
 
     run_stage("predict", body)
 

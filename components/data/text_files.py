@@ -2,6 +2,8 @@
 
 Each returns the file's records in file order as :class:`Record` (where it starts, the text and the
 label exactly as stored); the rules on their values are :mod:`components.data.sources.text`'s.
+Batch prediction reads unlabelled files with them too (``label_column=None``), and plain ``.txt``
+files, one text a line, with :func:`read_text_lines`.
 A broken file raises :class:`~components.errors.DataValidationError` naming the file, the line and
 the rule. Texts are never reinterpreted: TSV fields are split on tabs with no quote processing, CSV
 follows standard quoting (a quoted field may hold tabs, commas and newlines). A UTF-8 byte-order
@@ -60,20 +62,31 @@ def _lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def _columns(file: Path, header: list[str], text_column: str, label_column: str) -> tuple[int, int]:
-    """Positions of the two columns in ``header``; a missing or repeated one is refused."""
-    positions = []
-    for name, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+def _wanted(text_column: str, label_column: str | None) -> list[tuple[str, str]]:
+    """(column, params key) of the columns to read: the text's, and the label's unless ``None``."""
+    wanted = [(text_column, "data.text_column")]
+    return wanted + ([(label_column, "data.label_column")] if label_column is not None else [])
+
+
+def _columns(
+    file: Path, header: list[str], text_column: str, label_column: str | None
+) -> tuple[int, int | None]:
+    """Positions of the two columns in ``header`` (the label's ``None`` when not read); a missing or
+    repeated one is refused."""
+    positions: list[int] = []
+    for name, key in _wanted(text_column, label_column):
         if header.count(name) != 1:
             rule = f"no column {name!r} ({key})" if name not in header else f"column {name!r} appears twice"
             raise DataValidationError(
                 f"{file}, line 1", rule, f"the header has columns: {', '.join(map(repr, header))}"
             )
         positions.append(header.index(name))
-    return positions[0], positions[1]
+    return positions[0], positions[1] if label_column is not None else None
 
 
-def _delimited(file: Path, rows: list[tuple[int, list[str]]], columns: tuple[str, str]) -> list[Record]:
+def _delimited(
+    file: Path, rows: list[tuple[int, list[str]]], columns: tuple[str, str | None]
+) -> list[Record]:
     """Records of ``rows`` (start line, fields), the first being the header."""
     if not rows:
         raise DataValidationError(file, "empty file (a header row naming the columns is required)")
@@ -88,17 +101,23 @@ def _delimited(file: Path, rows: list[tuple[int, list[str]]], columns: tuple[str
                 "wrong field count",
                 f"{len(fields)} field(s), the header has {len(header)}",
             )
-        records.append(Record(f"line {line}", fields[text_at], fields[label_at]))
+        label = fields[label_at] if label_at is not None else None
+        records.append(Record(f"line {line}", fields[text_at], label))
     return records
 
 
-def read_tsv(file: Path, text_column: str, label_column: str) -> list[Record]:
+def read_text_lines(file: Path) -> list[Record]:
+    """A plain text file, one text a line (strict UTF-8; ``\\r\\n`` accepted), no header, no label."""
+    return [Record(f"line {n}", line, None) for n, line in enumerate(_lines(_decoded(file)), start=1)]
+
+
+def read_tsv(file: Path, text_column: str, label_column: str | None) -> list[Record]:
     """Tab-separated, header first, no quoting: ``"`` and ``,`` are ordinary characters."""
     rows = [(n, line.split("\t")) for n, line in enumerate(_lines(_decoded(file)), start=1)]
     return _delimited(file, rows, (text_column, label_column))
 
 
-def read_csv(file: Path, text_column: str, label_column: str) -> list[Record]:
+def read_csv(file: Path, text_column: str, label_column: str | None) -> list[Record]:
     """Comma-separated with standard (RFC 4180) quoting, header first."""
     reader = csv.reader(io.StringIO(_decoded(file), newline=""), strict=True)
     rows: list[tuple[int, list[str]]] = []
@@ -120,7 +139,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def read_jsonl(file: Path, text_column: str, label_column: str) -> list[Record]:
+def read_jsonl(file: Path, text_column: str, label_column: str | None) -> list[Record]:
     """One JSON object per line; the text a string, the label an integer or a string."""
     records = []
     for n, line in enumerate(_lines(_decoded(file)), start=1):
@@ -131,11 +150,11 @@ def read_jsonl(file: Path, text_column: str, label_column: str) -> list[Record]:
             raise bad_record(file, where, "not a JSON object", str(exc)) from None
         if not isinstance(value, dict):
             raise bad_record(file, where, "not a JSON object", f"got {type(value).__name__}")
-        for name, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+        for name, key in _wanted(text_column, label_column):
             if name not in value:
                 keys = ", ".join(map(repr, value)) or "none"
                 raise bad_record(file, where, f"no column {name!r} ({key})", f"the object has keys: {keys}")
-        text, label = value[text_column], value[label_column]
+        text, label = value[text_column], value[label_column] if label_column is not None else None
         if text is not None and not isinstance(text, str):
             raise bad_record(file, where, "text must be a string", f"got {type(text).__name__}")
         if label is not None and (isinstance(label, bool) or not isinstance(label, int | str)):
@@ -166,7 +185,7 @@ def _parquet_values(file: Path, column: Any, name: str, integers: bool) -> list[
     return values
 
 
-def read_parquet(file: Path, text_column: str, label_column: str) -> list[Record]:
+def read_parquet(file: Path, text_column: str, label_column: str | None) -> list[Record]:
     """A Parquet table: a string text column, an integer or string label column; ``row N`` counts
     data rows from 1."""
     import pyarrow as pa
@@ -175,24 +194,28 @@ def read_parquet(file: Path, text_column: str, label_column: str) -> list[Record
     try:
         parquet = pq.ParquetFile(file)
         names = list(parquet.schema_arrow.names)
-        for name, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+        for name, key in _wanted(text_column, label_column):
             if names.count(name) != 1:
                 rule = (
                     f"no column {name!r} ({key})" if name not in names else f"column {name!r} appears twice"
                 )
                 raise DataValidationError(file, rule, f"the file has columns: {', '.join(map(repr, names))}")
-        table = parquet.read(columns=[text_column, label_column])
+        table = parquet.read(columns=[name for name, _ in _wanted(text_column, label_column)])
     except (pa.ArrowException, OSError) as exc:
         raise DataValidationError(file, "not a readable Parquet file", str(exc)) from None
     texts = _parquet_values(file, table.column(text_column), text_column, integers=False)
-    labels = _parquet_values(file, table.column(label_column), label_column, integers=True)
+    labels = (
+        _parquet_values(file, table.column(label_column), label_column, integers=True)
+        if label_column is not None
+        else [None] * len(texts)
+    )
     return [
         Record(f"row {row}", text if isinstance(text, str) else None, label)
         for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1)
     ]
 
 
-READERS: dict[str, Callable[[Path, str, str], list[Record]]] = {
+READERS: dict[str, Callable[[Path, str, str | None], list[Record]]] = {
     ".tsv": read_tsv,
     ".csv": read_csv,
     ".jsonl": read_jsonl,
@@ -201,8 +224,9 @@ READERS: dict[str, Callable[[Path, str, str], list[Record]]] = {
 """File extension (lower case) -> reader."""
 
 
-def read_records(file: Path, text_column: str, label_column: str) -> list[Record]:
-    """The records of ``file``, read by the reader of its extension."""
+def read_records(file: Path, text_column: str, label_column: str | None) -> list[Record]:
+    """The records of ``file``, read by the reader of its extension (``label_column=None``: texts
+    only, every label ``None``)."""
     reader = READERS.get(file.suffix.lower())
     if reader is None:
         raise DataValidationError(

@@ -4,9 +4,11 @@ whether a champion that failed to score could have been judged at all."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from components.errors import PipelineError, is_transient
@@ -16,12 +18,14 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-def score(
-    model_uri: str, pixels: np.ndarray, labels: np.ndarray, metric: str, class_names: list[str]
-) -> float:
+Inputs: TypeAlias = np.ndarray | pd.DataFrame
+"""Raw test inputs: (N, C, H, W) float32 pixels, or a DataFrame with a ``text`` column of N strings."""
+
+
+def score(model_uri: str, inputs: Inputs, labels: np.ndarray, metric: str, class_names: list[str]) -> float:
     """``metric`` (``test_accuracy`` or ``test_f1_macro``) of the registered model at ``model_uri``."""
     model = mlflow.pyfunc.load_model(model_uri)
-    predicted = model.predict(pixels)["class_id"].to_numpy()
+    predicted = model.predict(inputs)["class_id"].to_numpy()
     summary, _ = classification_metrics(labels, predicted, class_names)
     return float(summary[metric.removeprefix("test_")])
 
@@ -30,15 +34,21 @@ class RegistrationError(PipelineError):
     """A model version could not be judged against the champion; nothing about the alias changed."""
 
 
-def input_mismatch(model_uri: str, pixels: np.ndarray, class_names: Sequence[str]) -> str | None:
-    """Why the registered model at ``model_uri`` cannot be judged on ``pixels`` with these classes
-    (another image shape, other classes), read from its signature; ``None`` when it can."""
+def input_mismatch(model_uri: str, inputs: Inputs, class_names: Sequence[str]) -> str | None:
+    """Why the registered model at ``model_uri`` cannot be judged on ``inputs`` with these classes
+    (texts against images, another image shape, other classes), read from its signature; ``None``
+    when it can."""
     logged = mlflow.models.get_model_info(model_uri).signature
     if logged is None or logged.inputs is None or logged.outputs is None:
         return "it was logged without a signature"
-    shape = list(logged.inputs.inputs[0].shape[1:])
-    if shape != list(pixels.shape[1:]):
-        return f"it takes images of shape {shape}, this data has {list(pixels.shape[1:])}"
+    takes_texts = not logged.inputs.is_tensor_spec()
+    if takes_texts != isinstance(inputs, pd.DataFrame):
+        model_kind, data_kind = ("texts", "images") if takes_texts else ("images", "texts")
+        return f"it takes {model_kind}, this data has {data_kind}"
+    if not takes_texts:
+        shape = list(logged.inputs.inputs[0].shape[1:])
+        if shape != list(inputs.shape[1:]):
+            return f"it takes images of shape {shape}, this data has {list(inputs.shape[1:])}"
     names = [str(col.name) for col in logged.outputs.inputs]
     classes = [column.removeprefix("prob_") for column in names if column.startswith("prob_")]
     if classes != list(class_names):
@@ -47,7 +57,7 @@ def input_mismatch(model_uri: str, pixels: np.ndarray, class_names: Sequence[str
 
 
 def incomparable_or_raise(
-    error: Exception, champion_uri: str, pixels: np.ndarray, class_names: Sequence[str], new_version: str
+    error: Exception, champion_uri: str, inputs: Inputs, class_names: Sequence[str], new_version: str
 ) -> str:
     """Why the champion at ``champion_uri``, which failed to score with ``error``, cannot be judged
     on this data at all (so the new version may take the alias unjudged). Raises instead when it
@@ -56,7 +66,7 @@ def incomparable_or_raise(
     if isinstance(error, MlflowException) and is_transient(error):
         raise error
     try:
-        mismatch = input_mismatch(champion_uri, pixels, class_names)
+        mismatch = input_mismatch(champion_uri, inputs, class_names)
     except MlflowException as unreadable:
         if is_transient(unreadable):
             raise

@@ -3,7 +3,8 @@
 The model is loaded through MLflow (``models:/<name>@champion`` or ``models:/<name>/<version>``) and
 fed raw pixels, exactly as a serving endpoint would be; its signature fixes the image size and
 channel count, and inputs of another size are refused with the file named, as are inputs on
-another scale than the training data's pixels (:func:`check_pixel_range`).
+another scale than the training data's pixels (:func:`check_pixel_range`). A text model takes a file
+of texts instead (:mod:`components.registry.predict_text`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from components.data.sources.image_folder import decode_image, probe_image
 from components.data.sources.npz import read_npz_arrays
 from components.errors import DataSourceError, DataValidationError, ParamsError, PipelineError
 from components.models import inference_device, pixel_range_problem
+from components.registry.predict_text import predict_texts, takes_texts
 from components.tracking_server import tracking_error
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -198,8 +200,11 @@ def predict_file(
     device: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     check_range: bool = True,
+    text_column: str = "text",
 ) -> pd.DataFrame:
     """Predict every image of ``source`` with the model at ``uri``; write ``out_csv`` atomically.
+    A text model predicts every text of ``source`` instead (its column ``text_column``; see
+    :func:`components.registry.predict_text.predict_texts`).
 
     ``device`` is where the network runs (``auto``: a CUDA device when there is one, ``cpu``,
     ``cuda[:<n>]``; ``None``: the model's setting, ``auto`` unless ``MLFLOW_PYFUNC_INFERENCE_CONFIG``
@@ -212,6 +217,10 @@ def predict_file(
     if Path(out_csv).is_dir():
         raise ParamsError(f"--out {out_csv}: is a folder; name the CSV file to write")
     model = _load_for_prediction(uri, device)
+    if takes_texts(model):
+        return predict_texts(
+            model, source, out_csv, text_column=text_column, batch_size=batch_size, on_batch=on_batch
+        )
     schema = model.metadata.get_input_schema()
     shape = tuple(schema.inputs[0].shape[1:]) if schema is not None else None  # (C, H, W)
     inputs = read_inputs(source, channels=int(shape[0]) if shape else 1)

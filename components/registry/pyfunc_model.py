@@ -1,9 +1,10 @@
 """The MLflow ``pyfunc`` wrapper of a registered classifier (logged as "models from code").
 
 MLflow copies this file into the model and runs it at load time (no cloudpickle). It imports only
-torch, safetensors, numpy, pandas and MLflow, so ``mlflow.pyfunc.load_model`` and
-``mlflow models serve`` work without this project installed. Artifacts it reads, all copied from
-the train stage's ``models/<arch>/`` and the project at registration:
+torch, safetensors, numpy, pandas and MLflow (a text model's shipped encoding: tokenizers), so
+``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work without this project installed.
+Artifacts it reads, all copied from the train stage's ``models/<arch>/`` and the project at
+registration:
 
 - ``networks``: a copy of ``components/models/`` (the architectures, torch only), imported under a
   name unique to its content, so models registered from different code load side by side
@@ -14,6 +15,9 @@ the train stage's ``models/<arch>/`` and the project at registration:
 - ``manifest`` (``manifest.json``): the sha256 the train stage recorded for those files; a model
   whose files do not match it is refused at load time (:func:`verify_artifacts`), so a corrupted
   weights file is never served
+- text models only: ``tokenizer`` (``tokenizer.json``, checked against the manifest too) and
+  ``encoding``, a copy of ``components/data/tokenize.py`` (tokenizers and NumPy only): the one
+  function preprocessing encoded the training texts with, imported like the architectures
 
 The network runs eagerly, as in training, so PyTorch's fused inference kernels (the transformer
 encoder's fast path, the LSTM's) apply; a ``torch.export`` graph loses them. It runs on the device
@@ -27,9 +31,12 @@ architecture code); ``model_config={"check_pixel_range": False}`` turns it off. 
 recorded no pixel range are not checked.
 
 Input: raw pixels, ``(N, C, H, W)`` float32 (the signature's tensor spec; over REST,
-``{"inputs": [...]}``). Output: a DataFrame with ``class_id``, ``class_name`` (categorical: its
-codes are the class ids), ``probability`` (of the predicted class) and ``prob_<class name>`` per
-class.
+``{"inputs": [...]}``); for a text model, raw strings: a DataFrame with a ``text`` string column
+(the signature's), also a Series or a list of strings, each encoded and cut to ``max_length`` tokens
+as preprocessing did. An empty (or whitespace-only) text or a value that is not a string is refused
+with ``INVALID_PARAMETER_VALUE`` naming the row, the rule ingestion applies. Output: a DataFrame
+with ``class_id``, ``class_name`` (categorical: its codes are the class ids), ``probability`` (of
+the predicted class) and ``prob_<class name>`` per class.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import reprlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +60,8 @@ from safetensors.torch import load_file
 
 # Artifacts checked against the manifest, by the name the train stage gave the file.
 CHECKED_ARTIFACTS = {"card": "model.json", "weights": "weights.safetensors", "stats": "stats.json"}
+TEXT_ARTIFACTS = {"tokenizer": "tokenizer.json"}  # checked too when the model takes text
+TEXT_COLUMN = "text"  # the signature's one input column of a text model
 
 
 def import_networks(folder: str | Path) -> ModuleType:
@@ -61,17 +71,27 @@ def import_networks(folder: str | Path) -> ModuleType:
     champion registered by older code) each get their own classes in one process.
     """
     folder = Path(folder)
+    return _import_unique(sorted(folder.glob("*.py")), "networks", folder / "__init__.py", folder)
+
+
+def import_encoding(file: str | Path) -> ModuleType:
+    """Import the shipped copy of ``components/data/tokenize.py`` as ``_registered_encoding_<sha>``."""
+    return _import_unique([Path(file)], "encoding", Path(file), None)
+
+
+def _import_unique(files: list[Path], kind: str, entry: Path, package: Path | None) -> ModuleType:
+    """Import ``entry`` (a package's ``__init__.py`` when ``package`` is given) under a name derived
+    from the content of ``files``, once per process."""
     digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.py")):
+    for file in files:
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
-    name = f"_registered_networks_{digest.hexdigest()[:16]}"
+    name = f"_registered_{kind}_{digest.hexdigest()[:16]}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
+    locations = [str(package)] if package is not None else None
+    spec = importlib.util.spec_from_file_location(name, entry, submodule_search_locations=locations)
     if spec is None or spec.loader is None:
-        raise ImportError(f"{folder}: not an importable package")
+        raise ImportError(f"{entry}: not importable")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -93,7 +113,10 @@ def verify_artifacts(artifacts: dict[str, str]) -> None:
     """Refuse artifact files whose sha256 differs from what the train stage recorded in the model
     folder's manifest (this file runs without the project, so the check is its own few lines)."""
     files = _read_json(artifacts["manifest"]).get("files") or {}
-    for key, name in CHECKED_ARTIFACTS.items():
+    text = _read_json(artifacts["stats"]).get("kind") == "text"
+    for key, name in {**CHECKED_ARTIFACTS, **(TEXT_ARTIFACTS if text else {})}.items():
+        if key not in artifacts:
+            raise ValueError(f"the model has no {key} artifact ({name}), which a text model needs")
         digest = hashlib.sha256()
         with open(artifacts[key], "rb") as handle:
             while chunk := handle.read(1 << 20):
@@ -113,6 +136,51 @@ def _check_range_setting(model_config: dict[str, Any] | None) -> bool:
     return value
 
 
+def texts_of(model_input: Any) -> list[str]:
+    """The strings of a text model's input: a DataFrame's ``text`` column, a Series, a list or an
+    array of strings. An empty input, a blank text or a value that is not a string is refused as an
+    invalid parameter (a 400 over REST) naming the first such row, counted from 0."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN not in model_input.columns:
+            raise MlflowException.invalid_parameter_value(
+                f"expected a column {TEXT_COLUMN!r} of strings; the input has columns "
+                f"{[str(c) for c in model_input.columns]}"
+            )
+        values = model_input[TEXT_COLUMN].tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, pd.Series | np.ndarray | list | tuple):
+        values = np.asarray(model_input, dtype=object).reshape(-1).tolist()
+    else:
+        raise MlflowException.invalid_parameter_value(
+            f"expected a DataFrame with a {TEXT_COLUMN!r} column or a list of strings, "
+            f"got {type(model_input).__name__}"
+        )
+    if not values:
+        raise MlflowException.invalid_parameter_value("no texts to predict on")
+    for row, value in enumerate(values):
+        problem = _text_problem(value)
+        if problem is not None:
+            raise MlflowException.invalid_parameter_value(
+                f"input row {row} (counting from 0): {problem}; every row needs a non-blank string "
+                f"in column {TEXT_COLUMN!r}"
+            )
+    return values
+
+
+def _text_problem(value: Any) -> str | None:
+    """Why ``value`` is not a text the model takes (ingestion's rules), or None."""
+    if not isinstance(value, str):
+        return f"missing or not a string (got {type(value).__name__} {reprlib.repr(value)})"
+    if not value.strip():
+        return "empty text (empty or whitespace only)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
+        return f"text is not valid Unicode ({exc.reason})"
+    return None
+
+
 class RegisteredClassifier(PythonModel):
     def load_context(self, context: Any) -> None:
         verify_artifacts(context.artifacts)
@@ -122,31 +190,51 @@ class RegisteredClassifier(PythonModel):
         architecture = card["architecture"]
         network = networks.build_model(architecture, networks.config_from_dict(architecture, card["config"]))
         network.load_state_dict(load_file(context.artifacts["weights"]))
-        self.device = networks.inference_device(getattr(context, "model_config", None))
+        model_config = getattr(context, "model_config", None)
+        self.device = networks.inference_device(model_config)
+        self.class_names: list[str] = list(stats["class_names"])
+        # class_name is categorical: its codes are the class ids, so no string is built per row.
+        self.name_dtype = pd.CategoricalDtype(self.class_names)
+        self.prob_columns = [f"prob_{name}" for name in self.class_names]
+        self.encoding: ModuleType | None = None  # text models: the shipped tokenize.py
+        if stats.get("kind") == "text":
+            self._load_text(context.artifacts, stats, network, networks)
+        else:
+            self._load_images(stats, network, networks, model_config)
+
+    def _load_images(
+        self, stats: dict[str, Any], network: torch.nn.Module, networks: ModuleType, model_config: Any
+    ) -> None:
         module = networks.RawPixelClassifier(network, stats["mean"], stats["std"], fold_normalisation=True)
         self.module = module.to(self.device).eval()
-        self.class_names: list[str] = list(stats["class_names"])
         self.image_shape: list[int] = list(stats["image_shape"])
         # Per-channel raw pixel range of the training split; None for data prepared before it was
         # recorded (then nothing is checked). Batch prediction reads these too, to name the file.
         self.pixel_min: list[float] | None = stats.get("pixel_min")
         self.pixel_max: list[float] | None = stats.get("pixel_max")
-        self.check_range = _check_range_setting(getattr(context, "model_config", None))
+        self.check_range = _check_range_setting(model_config)
         self.range_problem = networks.pixel_range_problem
-        # class_name is categorical: its codes are the class ids, so no string is built per row.
-        self.name_dtype = pd.CategoricalDtype(self.class_names)
-        self.prob_columns = [f"prob_{name}" for name in self.class_names]
+
+    def _load_text(
+        self, artifacts: dict[str, str], stats: dict[str, Any], network: torch.nn.Module, networks: ModuleType
+    ) -> None:
+        self.encoding = import_encoding(artifacts["encoding"])
+        self.tokenizer = self.encoding.load_tokenizer(artifacts["tokenizer"])
+        self.max_length = int(stats["max_length"])
+        self.module = network.to(self.device).eval()
+        self.softmax = networks.class_probabilities
 
     # ``np.ndarray`` is one of the input hints MLflow neither validates nor infers a signature from
-    # (the logged tensor signature does both); without a hint, every load warned "Add type hints".
+    # (the logged signature does both); without a hint, every load warned "Add type hints".
+    # A text model gets the DataFrame MLflow made of the input (see :func:`texts_of`).
     def predict(
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        pixels = np.asarray(model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else model_input)
-        pixels = pixels.astype(np.float32, copy=False).reshape(-1, *self.image_shape)  # (N, C, H, W)
-        self._check_range(pixels)
         with torch.inference_mode():
-            probabilities = self.module(torch.from_numpy(pixels).to(self.device)).cpu()  # (N, K)
+            if self.encoding is not None:
+                probabilities = self._text_probabilities(texts_of(model_input))
+            else:
+                probabilities = self._pixel_probabilities(model_input)
             top, class_ids = probabilities.max(dim=1)  # (N,) probability and id of each row's class
         ids = class_ids.numpy()
         # One DataFrame from whole columns: inserting columns one by one costs more than the model.
@@ -157,6 +245,20 @@ class RegisteredClassifier(PythonModel):
             **dict(zip(self.prob_columns, probabilities.numpy().T, strict=True)),
         }
         return pd.DataFrame(columns, copy=False)
+
+    def _pixel_probabilities(self, model_input: Any) -> torch.Tensor:
+        """Raw pixels -> (N, K) class probabilities, after the range check."""
+        pixels = np.asarray(model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else model_input)
+        pixels = pixels.astype(np.float32, copy=False).reshape(-1, *self.image_shape)  # (N, C, H, W)
+        self._check_range(pixels)
+        return self.module(torch.from_numpy(pixels).to(self.device)).cpu()  # (N, K)
+
+    def _text_probabilities(self, texts: list[str]) -> torch.Tensor:
+        """Raw strings -> (N, K) class probabilities: encoded as preprocessing encoded them."""
+        assert self.encoding is not None
+        ids, _ = self.encoding.encode(self.tokenizer, texts, self.max_length)  # (N, L) int64
+        logits = self.module(torch.from_numpy(ids).to(self.device))  # (N, K)
+        return self.softmax(logits).cpu()  # (N, K)
 
     def _check_range(self, pixels: np.ndarray) -> None:
         """Refuse inputs on another scale than the training pixels' (an invalid parameter: a 400)."""

@@ -5,15 +5,16 @@ For one architecture (:func:`register`):
 
 1. Package ``models/<arch>/`` as an MLflow ``pyfunc`` model (:mod:`components.registry.package`):
    its weights, config and statistics with a copy of the architecture code; raw pixels in, class
-   ids and probabilities out, normalisation included; logged to the run that trained it, with a
-   signature and an input example.
+   ids and probabilities out, normalisation included (a text model: raw strings in, encoded by its
+   tokenizer as preprocessing encoded them); logged to the run that trained it, with a signature
+   and an input example.
 2. Register it as a new version of ``register.model_name`` (one registered model per dataset) and
    point the alias ``challenger`` at it. Versions carry the lineage tags (architecture, data
    version, git commit, Prefect flow run, weights hash).
 3. Score the new version and the current ``champion`` through the registered models on the same
-   test split (:mod:`components.registry.judge`),
-   test split, and move ``champion`` only if the new version is strictly better on
-   ``register.metric``. The decision and its reason are tagged on the version.
+   test split's raw inputs (:mod:`components.registry.judge`), and move ``champion`` only if the
+   new version is strictly better on ``register.metric``. The decision and its reason are tagged on
+   the version.
 
 Idempotent: a version is identified by the sha256 of its weights, so registering the same weights
 again adds no version and returns the decision recorded the first time.
@@ -32,12 +33,14 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from components.config import Architecture, Params
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
+from components.data.text_stats import TextStats
 from components.errors import DataValidationError
 from components.hashing import sha256_file
 from components.naming import experiment_name, registered_model_name
@@ -51,7 +54,7 @@ from components.registry.decisions import (
 )
 from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
 from components.registry.lease import registry_lease
-from components.registry.package import log_and_register, training_code_tags
+from components.registry.package import TEXT_COLUMN, log_and_register, training_code_tags
 from components.tracking import Tracker, fluent_tracking
 from components.tracking_server import tracking_error
 from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
@@ -62,6 +65,18 @@ def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
     mean = np.asarray(stats.mean, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
     std = np.asarray(stats.std, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
     return (split.x * std + mean).astype(np.float32)  # (N, C, H, W)
+
+
+def raw_inputs(
+    split: PreparedSplit, stats: Normalization | TextStats, folder: Path
+) -> np.ndarray | pd.DataFrame:
+    """What the registered model takes for ``split``: its raw pixels, or its raw strings as a
+    ``text`` column (N rows)."""
+    if isinstance(stats, Normalization):
+        return raw_pixels(split, stats)
+    if split.texts is None:
+        raise DataValidationError(folder, "the prepared text split holds no raw texts (re-run preprocess)")
+    return pd.DataFrame({TEXT_COLUMN: split.texts})
 
 
 def register(
@@ -123,13 +138,11 @@ def _candidate(arch: Architecture, model_dir: Path, prepared_dir: Path) -> _Cand
     prepared = load_prepared(prepared_dir)
     test = require_split(prepared, "test", prepared_dir)
     version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
-    if not isinstance(prepared.stats, Normalization):  # until the text pyfunc lands (issue 24)
-        raise DataValidationError(prepared_dir, "registering text models is not supported yet")
     return _Candidate(
         arch=arch,
         trained=trained,
         test=test,
-        pixels=raw_pixels(test, prepared.stats),
+        inputs=raw_inputs(test, prepared.stats, prepared_dir),
         class_names=list(prepared.stats.class_names),
         data_version=version,
         weights_sha=sha256_file(model_dir / WEIGHTS),
@@ -143,7 +156,7 @@ class _Candidate:
     arch: Architecture
     trained: Any
     test: PreparedSplit
-    pixels: np.ndarray  # (N, *image_shape) float32 raw pixels of the test split
+    inputs: np.ndarray | pd.DataFrame  # the test split raw: (N, *image_shape) float32 pixels, or texts
     class_names: list[str]
     data_version: str
     weights_sha: str
@@ -161,7 +174,7 @@ def _register_under_lease(
     name = registered_model_name(params)
     metric = params.register.metric
     arch, weights_sha, version = candidate.arch, candidate.weights_sha, candidate.data_version
-    pixels, labels, class_names = candidate.pixels, candidate.test.labels, candidate.class_names
+    inputs, labels, class_names = candidate.inputs, candidate.test.labels, candidate.class_names
     _ensure_registered_model(client, name, params)
     existing = _version_with_weights(client, name, weights_sha)
     if existing is not None and existing.tags.get(DECISION_TAG):
@@ -175,10 +188,11 @@ def _register_under_lease(
             **training_code_tags(candidate.trained.info, project_root),
             **(tags or {}),
         }
-        existing = log_and_register(tracker, candidate.trained, name, pixels, version_tags)
+        example = inputs[:2] if isinstance(inputs, np.ndarray) else inputs.head(3)
+        existing = log_and_register(tracker, candidate.trained, name, example, version_tags)
     new = existing.version
     client.set_registered_model_alias(name, CHALLENGER, new)
-    value = score(f"models:/{name}/{new}", pixels, labels, metric, class_names)
+    value = score(f"models:/{name}/{new}", inputs, labels, metric, class_names)
     champion, champion_value, promoted, reason = _gate(client, name, new, value, candidate, metric)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, new)
@@ -207,11 +221,11 @@ def _gate(
     if champion is None:
         return None, None, True, f"no {CHAMPION} yet"
     champion_uri = f"models:/{name}/{champion.version}"
-    pixels, class_names = candidate.pixels, candidate.class_names
+    inputs, class_names = candidate.inputs, candidate.class_names
     try:
-        champion_value = score(champion_uri, pixels, candidate.test.labels, metric, class_names)
+        champion_value = score(champion_uri, inputs, candidate.test.labels, metric, class_names)
     except (MlflowException, ValueError, RuntimeError, KeyError) as exc:
-        mismatch = incomparable_or_raise(exc, champion_uri, pixels, class_names, new_version=new)
+        mismatch = incomparable_or_raise(exc, champion_uri, inputs, class_names, new_version=new)
         return (
             champion,
             None,
