@@ -317,6 +317,7 @@ def test_prepared_text_arrays_and_stats(tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     preprocess(PreprocessParams(text=TextPreprocessParams(vocab_size=4, max_length=5)), raw, out)
     arrays = prepared(out, "test")
+    texts = {k: arrays.pop(k) for k in ("text_bytes", "text_offsets")}
     assert {k: (str(v.dtype), v.shape) for k, v in arrays.items()} == {
         "x": ("int64", (2, 5)),
         "lengths": ("int64", (2,)),
@@ -324,6 +325,8 @@ def test_prepared_text_arrays_and_stats(tmp_path: Path) -> None:
         "labels": ("int64", (2,)),
         "source_index": ("int64", (2,)),
     }
+    assert texts["text_offsets"].shape == (3,)
+    assert texts["text_bytes"].dtype == np.uint8
     np.testing.assert_array_equal(arrays["y"], np.eye(2, dtype=np.float32)[arrays["labels"]])
     data = load_prepared(out)
     assert data.stats == TextStats(class_names=["0", "1"], source="text", vocab_size=4, max_length=5)
@@ -331,6 +334,8 @@ def test_prepared_text_arrays_and_stats(tmp_path: Path) -> None:
     assert data.stats.input_shape == [5]
     assert json.loads((out / "stats.json").read_text())["kind"] == "text"
     np.testing.assert_array_equal(data.splits["test"].x, arrays["x"])
+    raw_texts, _ = texts_of(raw, "test")
+    assert data.splits["test"].texts == [raw_texts[i] for i in arrays["source_index"]]
     # vocabulary capped at 4: [PAD] [UNK] a b, the rest unknown
     np.testing.assert_array_equal(arrays["x"], [[2, 1, 1, 0, 0], [1, 3, 1, 1, 1]])
     console = Console(width=200, record=True)
