@@ -84,7 +84,7 @@ def _run_arch(root: Path, prepared: Path, name: str, overrides: dict[str, Any]) 
         "evaluate_wall_s": round(evaluate_s, 1),
         "fit_s": info["fit_seconds"],
         "parameters": info["parameters"],
-        "inference_samples_per_s": round(metrics.get("samples_per_second", metrics["images_per_second"])),
+        "inference_samples_per_s": round(metrics["samples_per_second"]),
         "device": info["device"],
     }
 
@@ -132,8 +132,8 @@ def main(
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['arch']} | {r['vocab_size']:,} | {r['accuracy']:.2%} | {r['f1_macro']:.4f} | {r['epochs']} "
-            f"| {r['train_wall_s']} s | {r['evaluate_wall_s']} s | {r['parameters']:,} "
+            f"| {r['arch']} | {r['vocab_size']:,} | {r['accuracy']:.2%} | {r['f1_macro']:.4f} "
+            f"| {r['epochs']} | {r['train_wall_s']} s | {r['evaluate_wall_s']} s | {r['parameters']:,} "
             f"| {r['inference_samples_per_s']:,} |"
         )
 
