@@ -32,6 +32,9 @@ architecture.
     uv run python bench/train_throughput.py --data ../shared/data/mnist-10k    # MNIST (IDX files)
     uv run python bench/train_throughput.py --data ../shared/data/mnist-10k --tile 7 --val-fraction 0.1428572
                                             # 60,000 training images (the 10,000 repeated 7 times)
+    uv run python bench/train_throughput.py --data ../shared/data/sst2 --text-column sentence --arch lstm
+                                            # labelled text (a file, or a folder of train/dev/test):
+                                            # token ids through the token models; figures per text
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from components.data.ingest import ingest
 from components.data.prepared import load_prepared
 from components.data.preprocess import preprocess
 from components.data.sources import load_source
+from components.data.text_stats import TextStats
 from components.models import build_model, model_config
 from components.training.batches import EpochSampler
 from components.training.module import build_optimizer
@@ -114,8 +118,10 @@ def prepare(
     tile: int = 1,
     val_fraction: float | None = None,
     test_fraction: float | None = None,
+    text_column: str | None = None,
 ) -> Path:
-    """Ingest and preprocess the bundled digits, or the IDX files in ``data``, under ``root``.
+    """Ingest and preprocess the bundled digits, the IDX files in ``data``, or with ``text_column``
+    the labelled text in ``data`` (the tokenizer at the params.yaml defaults), under ``root``.
 
     ``tile`` > 1 repeats every image that many times first (through an ``npz`` source, the IDX
     files' test split becoming the held-out test split): an MNIST-sized training epoch from the
@@ -123,6 +129,11 @@ def prepare(
     """
     source = DataParams() if data is None else DataParams(source="idx", path=str(data.resolve()))
     split = PreprocessParams() if data is None else PreprocessParams(val_fraction=0.1, test_fraction=0.2)
+    if text_column is not None:
+        if data is None or tile > 1:
+            raise typer.BadParameter("--text-column needs --data and takes no --tile")
+        source = DataParams(source="text", path=str(data.resolve()), text_column=text_column)
+        split = PreprocessParams()  # a folder's dev/test files are its splits; a file is split
     if tile > 1:
         splits = load_source(source).splits.values()
         images = np.concatenate([s.images for s in splits])  # (N, C, H, W)
@@ -181,17 +192,18 @@ class BareLoop:
         data = load_prepared(prepared)
         split = data.splits["train"]
         self.device = device
-        self.x = torch.from_numpy(split.x).to(device)  # (N, C, H, W) resident on the device
+        self.x = torch.from_numpy(split.x).to(device)  # (N, C, H, W) or (N, L) ids, on the device
         self.y = torch.from_numpy(split.y).to(device)  # (N, K)
-        self.val_x = torch.from_numpy(data.splits["val"].x).to(device)  # (V, C, H, W)
+        self.val_x = torch.from_numpy(data.splits["val"].x).to(device)  # (V, C, H, W) or (V, L)
         self.eval_batch_size = params.evaluate.batch_size
         self.checkpoint = checkpoint  # None: no epoch-end work (see epoch_end)
         self.speed = resolve_speed(params.train, arch)
         config = model_config(
             arch,  # type: ignore[arg-type]
             params.models,
-            data.stats.image_shape,
+            data.stats.input_shape,
             len(data.stats.class_names),
+            vocab_size=data.stats.vocab_size if isinstance(data.stats, TextStats) else None,
         )
         L.seed_everything(params.train.seed, workers=True, verbose=False)
         model = build_model(arch, config).to(device)
@@ -217,8 +229,8 @@ class BareLoop:
             order = self.sampler.order().to(device)  # (N,)
             for first in range(0, len(order), self.batch_size):
                 index = order[first : first + self.batch_size]  # (B,)
-                xb, yb = self.x[index], self.y[index]  # (B, C, H, W), (B, K)
-                if speed.channels_last:
+                xb, yb = self.x[index], self.y[index]  # (B, C, H, W) or (B, L), (B, K)
+                if speed.channels_last and xb.dim() == 4:  # as the stage's module: images only
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with _autocast(speed, device):
                     loss = F.cross_entropy(model(xb), yb)
@@ -237,8 +249,8 @@ class BareLoop:
         model = self.model.eval()
         with torch.inference_mode(), _autocast(self.speed, self.device):
             for first in range(0, len(self.val_x), self.eval_batch_size):
-                xb = self.val_x[first : first + self.eval_batch_size]  # (B, C, H, W)
-                if self.speed.channels_last:
+                xb = self.val_x[first : first + self.eval_batch_size]  # (B, C, H, W) or (B, L)
+                if self.speed.channels_last and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 model(xb).argmax(dim=1)  # (B,)
         model.train()
@@ -262,7 +274,12 @@ def _tracking(root: Path) -> Iterator[None]:
 
 @app.command()
 def main(
-    data: Annotated[Path | None, typer.Option(help="Folder of IDX files (default: the digits).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of IDX files, or of labelled text (default: the digits).")
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="--data is labelled text (a file or folder); its text column.")
+    ] = None,
     arch: Annotated[list[str] | None, typer.Option(help="Architecture(s) (default: all).")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs per run; the first is a warm-up.")] = 16,
     batch_size: Annotated[int | None, typer.Option(help="(default: train.batch_size)")] = None,
@@ -279,7 +296,8 @@ def main(
         bool, typer.Option(help="Bare loop validates and checkpoints between epochs, as the stage.")
     ] = True,
 ) -> None:
-    """Print one ``key=value`` line per architecture: project and bare images/s and their ratio."""
+    """Print one ``key=value`` line per architecture: project and bare images/s (texts: samples/s)
+    and their ratio."""
     if threads is not None:
         torch.set_num_threads(threads)
     overrides: dict[str, Any] = {"train.max_epochs": epochs, "train.early_stopping_patience": 0}
@@ -292,10 +310,17 @@ def main(
     }.items():
         if value is not None:
             overrides[key] = value
+    if text_column is not None and data is not None:  # token models: text-only keys at their defaults
+        overrides |= {
+            "data.source": "text",
+            "data.path": str(data.resolve()),
+            "data.text_column": text_column,
+        }
+    unit = "images" if text_column is None else "samples"
     params = load_params(REPO / "params.yaml", overrides)
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         root = Path(tmp)
-        prepared = prepare(root / "data", data, tile, val_fraction, test_fraction)
+        prepared = prepare(root / "data", data, tile, val_fraction, test_fraction, text_column)
         n_train = len(load_prepared(prepared).splits["train"].x)
         with _tracking(root):
             for name in arch or list(ALL_ARCHITECTURES):
@@ -323,10 +348,10 @@ def main(
                     "compile": speed.compile,
                     "steps_per_call": params.train.steps_per_call,
                     "threads": torch.get_num_threads(),
-                    "train_images": n_train,
+                    f"train_{unit}": n_train,
                     "epochs_timed": epochs - 1,
-                    "images_per_s_project": round(images / project_s),
-                    "images_per_s_bare": round(images / bare_s),
+                    f"{unit}_per_s_project": round(images / project_s),
+                    f"{unit}_per_s_bare": round(images / bare_s),
                     "ratio": round(bare_s / project_s, 3),
                     "epoch_overhead_ms": round(overhead_ms, 1),
                     "bare_epoch_end": bare_epoch_end,

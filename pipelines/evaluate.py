@@ -34,7 +34,7 @@ def main(
         metrics = evaluate(settings, chosen, prepared, model or Path("models") / chosen, report_dir)
         console.print(
             f"evaluate@{chosen}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}, "
-            f"{metrics['images_per_second']:,.0f} images/s -> {report_dir}",
+            f"{metrics['samples_per_second']:,.0f} samples/s -> {report_dir}",
             highlight=False,
             soft_wrap=True,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from components.evaluation.inference import (
     predict,
 )
 from components.evaluation.metrics import classification_metrics, confusion_matrix
+from components.evaluation.mistakes import errors_csv, most_confident_errors
 from components.training.artifacts import write_model_manifest
 from components.training.train import train
 from tests.conftest import tiny_params
@@ -47,6 +49,25 @@ def test_metrics_match_a_hand_computed_confusion_matrix() -> None:
         {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 4}
     )
     assert report["confusion_matrix"] == expected.tolist()
+
+
+def test_errors_are_the_most_confident_wrong_predictions_ties_by_index_at_most_the_limit() -> None:
+    labels = np.array([0, 1, 1, 0, 2, 2, 1])
+    classes = np.array([1, 1, 0, 2, 2, 0, 0])  # wrong at 0, 2, 3, 5, 6
+    confidence = np.array([0.6, 0.99, 0.9, 0.6, 0.8, 0.95, 0.4], dtype=np.float32)
+    assert most_confident_errors(labels, classes, confidence).tolist() == [5, 2, 0, 3, 6]
+    assert most_confident_errors(labels, classes, confidence, limit=2).tolist() == [5, 2]
+    assert most_confident_errors(labels, labels, confidence).tolist() == []
+
+    texts = ["a", "b", 'said "no", then', "d", "e", "naïve, ünïcode", "g"]
+    table = errors_csv(labels, classes, confidence, ["x", "y", "z"], texts)
+    assert table.splitlines()[:3] == [
+        "text,true_class,predicted_class,probability",
+        '"naïve, ünïcode",z,x,0.950000',
+        '"said ""no"", then",y,x,0.900000',
+    ]
+    rows = list(csv.reader(io.StringIO(table)))
+    assert [row[0] for row in rows[1:]] == [texts[i] for i in (5, 2, 0, 3, 6)]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +100,8 @@ def test_evaluation_writes_consistent_metrics_report_plot_data_and_picture(
     assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     assert sum(c["support"] for c in report["per_class"].values()) == 270
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == pytest.approx(metrics)
-    assert metrics["images_per_second"] > 0
+    assert metrics["samples_per_second"] == metrics["images_per_second"] > 0  # both keys for images
+    assert metrics["test_samples"] == 270
     assert metrics["latency_ms_per_batch"] > 0
     assert metrics["batch_size"] == 270  # the batch actually timed, not evaluate.batch_size (1024)
 
@@ -89,6 +111,16 @@ def test_evaluation_writes_consistent_metrics_report_plot_data_and_picture(
     hits = sum(row["actual"] == row["predicted"] for row in rows)
     assert hits == np.trace(matrix)
     assert (tmp_path / "report" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # errors.csv exists for images too (a DVC output): the test row stands for the text.
+    errors_file = tmp_path / "report" / "errors.csv"
+    assert errors_file.read_text().splitlines()[0] == "index,true_class,predicted_class,probability"
+    with errors_file.open(encoding="utf-8", newline="") as f:
+        errors = list(csv.DictReader(f))
+    assert len(errors) == min(20, 270 - hits)
+    for row in errors:
+        assert rows[int(row["index"])] == {"actual": row["true_class"], "predicted": row["predicted_class"]}
+        assert row["true_class"] != row["predicted_class"]
 
 
 def test_a_model_trained_on_other_data_is_refused(
@@ -160,8 +192,10 @@ def test_a_small_split_is_timed_over_several_batches_and_predicted_once() -> Non
     result = predict(model, x, batch_size=4)  # 3 batches per pass: two passes are timed
     assert result.classes.tolist() == model(x).argmax(1).tolist()
     assert len(result.batch_seconds) == 6 >= MIN_TIMED_BATCHES
-    assert result.batch_images == [4, 4, 2, 4, 4, 2]
-    assert result.images_per_second == pytest.approx(20 / sum(result.batch_seconds))
+    assert result.batch_samples == [4, 4, 2, 4, 4, 2]
+    assert result.samples_per_second == pytest.approx(20 / sum(result.batch_seconds))
+    expected = model(x).softmax(1).max(1).values.detach().numpy()
+    np.testing.assert_allclose(result.confidence, expected, rtol=1e-6)
 
 
 def test_latency_is_taken_over_full_size_batches_only() -> None:
@@ -169,12 +203,13 @@ def test_latency_is_taken_over_full_size_batches_only() -> None:
     times must not pull the per-batch median (a figure for batches of 256) down."""
     result = Predictions(
         classes=np.zeros(260, dtype=np.int64),
+        confidence=np.ones(260, dtype=np.float32),
         batch_seconds=[0.010, 0.0001, 0.012, 0.0001, 0.014, 0.0001],
-        batch_images=[256, 4, 256, 4, 256, 4],
+        batch_samples=[256, 4, 256, 4, 256, 4],
     )
     assert result.latency_ms["median"] == pytest.approx(12.0)
     assert result.latency_ms["p95"] == pytest.approx(14.0)
-    assert result.images_per_second == pytest.approx(780 / 0.0363)
+    assert result.samples_per_second == pytest.approx(780 / 0.0363)
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,17 @@ def test_the_evaluated_and_registered_model_shows_its_figures_and_version(tmp_pa
     assert _rows(tmp_path) == [["mlp", "0.5000", "0.2500", "1,234", "2", "1.2 s", "1,000", "v1 champion"]]
 
 
+def test_a_text_report_shows_its_samples_per_second(tmp_path: Path) -> None:
+    """Text runs write samples_per_second only; image runs both it and the older images_per_second."""
+    _model(tmp_path, "fp-1", WEIGHTS_BYTES)
+    folder = _reports(tmp_path, "fp-1")
+    metrics = {"accuracy": 0.75, "f1_macro": 0.5, "samples_per_second": 2500.0}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert _rows(tmp_path)[0][1:3] + _rows(tmp_path)[0][6:7] == ["0.7500", "0.5000", "2,500"]
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "images_per_second": 9.0}))
+    assert _rows(tmp_path)[0][6] == "2,500"  # samples_per_second wins where both are present
+
+
 def test_a_model_retrained_after_its_evaluation_and_registration_shows_neither(tmp_path: Path) -> None:
     """Before, ``train@mlp`` alone put the new model's size beside the old model's accuracy and
     version ("v1 champion" for weights never registered)."""

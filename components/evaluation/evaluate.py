@@ -2,12 +2,14 @@
 
 Replaces ``reports/<arch>/`` as a whole (:func:`~components.atomic.atomic_directory`) once the
 evaluation is logged to MLflow, so a failure at any point (the tracking server away included)
-leaves the previous four files as they were, never a mix of old and new:
+leaves the previous files as they were, never a mix of old and new:
 
 - ``metrics.json``               accuracy, macro precision/recall/F1, latency, throughput (DVC metrics)
 - ``classification_report.json`` per-class precision/recall/F1/support and the confusion matrix
 - ``confusion_matrix.png``       the confusion matrix as a picture
-- ``predictions.csv``            ``actual,predicted`` per test image (DVC ``confusion`` plot)
+- ``predictions.csv``            ``actual,predicted`` per test sample (DVC ``confusion`` plot)
+- ``errors.csv``                 the 20 most confidently wrong predictions: the sentence (text data)
+                                 or the test row (images), true and predicted class, probability
 
 and logs the same to the architecture's MLflow run (the one the train stage recorded), with the
 ``test_`` prefix on metric names.
@@ -26,8 +28,9 @@ from components.code_version import code_tags
 from components.config import Architecture, Params
 from components.data.prepared import load_prepared, require_split
 from components.errors import ParamsError
-from components.evaluation.inference import predict
+from components.evaluation.inference import Predictions, predict
 from components.evaluation.metrics import classification_metrics, confusion_matrix
+from components.evaluation.mistakes import errors_csv
 from components.evaluation.plots import confusion_png, predictions_csv
 from components.naming import experiment_name
 from components.tracking import Tracker, pipeline_key
@@ -38,6 +41,7 @@ METRICS = "metrics.json"
 REPORT = "classification_report.json"
 CONFUSION_PNG = "confusion_matrix.png"
 PREDICTIONS = "predictions.csv"
+ERRORS = "errors.csv"
 
 
 def evaluation_device(params: Params) -> torch.device:
@@ -67,19 +71,11 @@ def evaluate(
     version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
     test_input = split_inputs(params, prepared, prepared_dir, version, ("test",))
 
-    x = torch.from_numpy(test.x).to(device)  # (N, C, H, W), normalised
+    x = torch.from_numpy(test.x).to(device)  # (N, C, H, W) normalised, or (N, L) token ids
     result = predict(trained.model, x, params.evaluate.batch_size)
     class_names = prepared.stats.class_names
     summary, report = classification_metrics(test.labels, result.classes, class_names)
-    latency = result.latency_ms
-    metrics: dict[str, Any] = {
-        **summary,
-        "test_images": len(test.labels),
-        "batch_size": min(params.evaluate.batch_size, len(test.labels)),  # the largest batch timed
-        "latency_ms_per_batch": latency["median"],
-        "latency_ms_per_batch_p95": latency["p95"],
-        "images_per_second": result.images_per_second,
-    }
+    metrics = {**summary, **_speed_metrics(result, len(test.labels), params.evaluate.batch_size, test.texts)}
     report.update(device=str(device), data_version=version, model_fingerprint=trained.info.get("fingerprint"))
 
     matrix = confusion_matrix(test.labels, result.classes, len(class_names))
@@ -89,8 +85,28 @@ def evaluate(
         (reports / CONFUSION_PNG).write_bytes(png)
         csv = predictions_csv(test.labels, result.classes, class_names)
         (reports / PREDICTIONS).write_text(csv, encoding="utf-8")
+        errors = errors_csv(test.labels, result.classes, result.confidence, class_names, test.texts)
+        (reports / ERRORS).write_text(errors, encoding="utf-8")
         (reports / METRICS).write_text(dumps_json(metrics), encoding="utf-8")
         _log_to_mlflow(params, arch, trained.info, metrics, reports, project_root, version, test_input)
+    return metrics
+
+
+def _speed_metrics(
+    result: Predictions, count: int, batch_size: int, texts: list[str] | None
+) -> dict[str, Any]:
+    """Test-split size, timed batch size, latency and throughput. ``samples``: images or texts;
+    image runs keep the older ``test_images`` and ``images_per_second`` keys beside them."""
+    latency = result.latency_ms
+    metrics: dict[str, Any] = {
+        "test_samples": count,
+        "batch_size": min(batch_size, count),  # the largest batch timed
+        "latency_ms_per_batch": latency["median"],
+        "latency_ms_per_batch_p95": latency["p95"],
+        "samples_per_second": result.samples_per_second,
+    }
+    if texts is None:
+        metrics.update(test_images=count, images_per_second=result.samples_per_second)
     return metrics
 
 
@@ -110,7 +126,7 @@ def _log_to_mlflow(
     run_id = mlflow_info.get("run_id")
     parent = mlflow_info.get("parent_run_id")
     # metrics.json's keys under a test_ prefix (test_accuracy beside train_acc), once: its
-    # test_images count stays test_images, not test_test_images.
+    # test_samples count stays test_samples, not test_test_samples.
     numeric = {(k if k.startswith("test_") else f"test_{k}"): float(value) for k, value in metrics.items()}
     if run_id and tracker.run_exists(run_id):
         context = tracker.reopened(run_id, parent)
@@ -123,4 +139,4 @@ def _log_to_mlflow(
     with context as run:
         run.log_metrics(numeric)
         run.log_inputs(inputs)
-        run.log_artifacts(reports, "evaluation")  # the four files, and nothing else
+        run.log_artifacts(reports, "evaluation")  # the report files, errors.csv included, nothing else

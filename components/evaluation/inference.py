@@ -15,23 +15,25 @@ from torch import nn
 class Predictions:
     classes: np.ndarray
     """(N,) int64 predicted class ids."""
+    confidence: np.ndarray
+    """(N,) float32 softmax probability of each predicted class."""
     batch_seconds: list[float]
-    """Wall time of each timed batch (forward + argmax + copy back), warm-up excluded."""
-    batch_images: list[int]
-    """Images in each timed batch, in the same order (a small split is timed over several passes,
-    and each pass may end on a short batch)."""
+    """Wall time of each timed batch (forward + softmax + argmax + copy back), warm-up excluded."""
+    batch_samples: list[int]
+    """Samples (images or texts) in each timed batch, in the same order (a small split is timed
+    over several passes, and each pass may end on a short batch)."""
 
     @property
-    def images_per_second(self) -> float:
+    def samples_per_second(self) -> float:
         total = sum(self.batch_seconds)
-        return sum(self.batch_images) / total if total > 0 else float("nan")
+        return sum(self.batch_samples) / total if total > 0 else float("nan")
 
     @property
     def latency_ms(self) -> dict[str, float]:
         """Median and 95th percentile of the per-batch latency, in milliseconds, over the batches of
         the full size: a pass's short last batch would pull the median of a small split down."""
-        full = max(self.batch_images, default=0)
-        times = sorted(s for s, n in zip(self.batch_seconds, self.batch_images, strict=True) if n == full)
+        full = max(self.batch_samples, default=0)
+        times = sorted(s for s, n in zip(self.batch_seconds, self.batch_samples, strict=True) if n == full)
         if not times:
             return {"median": float("nan"), "p95": float("nan")}
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
@@ -60,19 +62,23 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> Predictions:
     if len(x):
         model(x[:batch_size])
         _synchronize(device)
-    chunks: list[torch.Tensor] = []
+    chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
     seconds: list[float] = []
-    images: list[int] = []
+    samples: list[int] = []
     while len(x) and (not chunks or len(seconds) < MIN_TIMED_BATCHES):
         first_pass = not chunks
         for start in range(0, len(x), batch_size):
             began = time.perf_counter()
             logits = model(x[start : start + batch_size])  # (B, K)
-            classes_here = logits.argmax(dim=1).cpu()  # (B,); .cpu() waits for the device
+            top, classes_here = logits.float().softmax(dim=1).max(dim=1)  # (B,), (B,)
+            top, classes_here = top.cpu(), classes_here.cpu()  # .cpu() waits for the device
             _synchronize(device)
             seconds.append(time.perf_counter() - began)
-            images.append(len(classes_here))
+            samples.append(len(classes_here))
             if first_pass:
-                chunks.append(classes_here)
-    classes = torch.cat(chunks).numpy() if chunks else np.zeros(0, dtype=np.int64)
-    return Predictions(classes.astype(np.int64), seconds, images)
+                chunks.append((classes_here, top))
+    if not chunks:
+        return Predictions(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), seconds, samples)
+    classes = torch.cat([c for c, _ in chunks]).numpy().astype(np.int64)
+    confidence = torch.cat([p for _, p in chunks]).numpy().astype(np.float32)
+    return Predictions(classes, confidence, seconds, samples)

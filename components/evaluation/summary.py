@@ -35,16 +35,18 @@ def _train_cells(info: dict[str, Any]) -> list[str]:
 
 
 def _metric_cells(metrics_file: Path) -> tuple[str, str, str]:
-    """Accuracy, macro-F1 and inference speed, formatted."""
+    """Accuracy, macro-F1 and inference speed, formatted. The speed is ``samples_per_second``, or
+    ``images_per_second`` in a report written before that key existed."""
     try:
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-        figures = [float(metrics[key]) for key in ("accuracy", "f1_macro", "images_per_second")]
+        speed_key = "samples_per_second" if "samples_per_second" in metrics else "images_per_second"
+        figures = [float(metrics[key]) for key in ("accuracy", "f1_macro", speed_key)]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DataValidationError(
-            metrics_file, "must hold accuracy, f1_macro and images_per_second", repr(exc)
+            metrics_file, "must hold accuracy, f1_macro and samples_per_second", repr(exc)
         ) from None
-    accuracy, f1_macro, images_per_second = figures
-    return f"{accuracy:.4f}", f"{f1_macro:.4f}", f"{images_per_second:,.0f}"
+    accuracy, f1_macro, samples_per_second = figures
+    return f"{accuracy:.4f}", f"{f1_macro:.4f}", f"{samples_per_second:,.0f}"
 
 
 def _evaluated_current_model(report_file: Path, info: dict[str, Any]) -> bool:
@@ -138,7 +140,7 @@ def results_table(
         ("parameters", "right"),
         ("epochs", "right"),
         ("fit time", "right"),
-        ("inference images/s", "right"),
+        ("inference samples/s", "right"),
         ("registered", "left"),
     ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
