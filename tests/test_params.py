@@ -206,6 +206,14 @@ MALFORMED: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# One case of each kind also through a stage process (every ParamsError takes the same path to exit
+# 2 there; a process per case would cost a second of CPU each).
+THROUGH_THE_CLI = {
+    "unknown_nested_key", "string_for_int", "fractions_sum_to_one", "yaml_syntax_error", "duplicate_key",
+    "section_not_a_mapping", "top_level_list",
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_params_fail_with_the_key_and_write_nothing(project: Project, case: str) -> None:
     text, expected = MALFORMED[case]
@@ -215,11 +223,12 @@ def test_malformed_params_fail_with_the_key_and_write_nothing(project: Project, 
     for fragment in expected:
         assert fragment in str(info.value), f"{fragment!r} missing from: {info.value}"
 
-    result = project.run("ingest")
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert expected[0] in result.stderr.replace("\n", " ") or expected[0] in result.stderr
-    assert not (project.root / "data").exists(), "a stage wrote output despite bad params"
+    if case in THROUGH_THE_CLI:
+        result = project.run("ingest")
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert expected[0] in result.stderr.replace("\n", " ") or expected[0] in result.stderr
+        assert not (project.root / "data").exists(), "a stage wrote output despite bad params"
 
 
 @pytest.mark.parametrize("stage", ["ingest", "preprocess"])
