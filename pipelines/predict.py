@@ -13,7 +13,7 @@ Examples::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,38 +67,46 @@ def main(
     """Load the registered model and write class id, name and probabilities for every image (text)."""
 
     def body() -> None:
-        if model_name is None or (text_column is None and params.is_file()):
-            settings = load_params(params)
-            name = model_name or registered_model_name(settings)
-            column = text_column or settings.data.text_column
-        else:
-            name, column = model_name, text_column or "text"
-        columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        # The registry of the project whose params.yaml this is (MLFLOW_TRACKING_URI wins), not an
-        # mlflow.db in whatever folder the command runs from.
-        progress_bar = Progress(*columns, console=console, transient=True)
-        with fluent_tracking(tracking_uri(params.parent)), progress_bar as progress:
-            uri = pinned_model_uri(name, version, alias)
-            task = progress.add_task("predict", total=None)
-
-            def advance(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            result = predict_file(
-                uri,
-                source,
-                out,
-                batch_size=batch_size,
-                device=device,
-                on_batch=advance,
-                check_range=range_check,
-                text_column=column,
-            )
-        which = uri if version else f"{uri} ({alias})"
-        kind = "texts" if "text" in result.columns else "images"
-        console.print(f"predict: {len(result)} {kind} with {which} -> {out}", highlight=False, soft_wrap=True)
+        name, column = _model_and_column(params, model_name, text_column)
+        options = {
+            "batch_size": batch_size,
+            "device": device,
+            "check_range": range_check,
+            "text_column": column,
+        }
+        _predict(source, out, params, (name, version, alias), options)
 
     run_stage("predict", body)
+
+
+def _model_and_column(params: Path, model_name: str | None, text_column: str | None) -> tuple[str, str]:
+    """The registered model's name and the text column: given, else from the settings file."""
+    if model_name is None or (text_column is None and params.is_file()):
+        settings = load_params(params)
+        return model_name or registered_model_name(settings), text_column or settings.data.text_column
+    return model_name, text_column or "text"
+
+
+def _predict(
+    source: Path, out: Path, params: Path, model: tuple[str, str | None, str], options: dict[str, Any]
+) -> None:
+    """Predict ``source`` with the registered ``(name, version, alias)`` into ``out``, with a progress bar."""
+    name, version, alias = model
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # The registry of the project whose params.yaml this is (MLFLOW_TRACKING_URI wins), not an
+    # mlflow.db in whatever folder the command runs from.
+    progress_bar = Progress(*columns, console=console, transient=True)
+    with fluent_tracking(tracking_uri(params.parent)), progress_bar as progress:
+        uri = pinned_model_uri(name, version, alias)
+        task = progress.add_task("predict", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = predict_file(uri, source, out, on_batch=advance, **options)
+    which = uri if version else f"{uri} ({alias})"
+    kind = "texts" if "text" in result.columns else "images"
+    console.print(f"predict: {len(result)} {kind} with {which} -> {out}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
