@@ -40,6 +40,19 @@ def bad_record(file: Path, where: str, rule: str, detail: str = "") -> DataValid
     return DataValidationError(f"{file}, {where}", rule, detail)
 
 
+def checked_text(file: Path, record: Record) -> str:
+    """``record``'s text, after the rules every text meets (ingest and batch prediction alike): not
+    missing or blank, and valid Unicode."""
+    text = record.text
+    if text is None or not text.strip():
+        raise bad_record(file, record.where, "empty text (empty or whitespace only)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
+        raise bad_record(file, record.where, "text is not valid Unicode", exc.reason) from None
+    return text
+
+
 def _decoded(file: Path) -> str:
     """The file's text (strict UTF-8, a leading byte-order mark dropped)."""
     data = file.read_bytes()

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from components.atomic import atomic_write_text
-from components.data.text_files import READERS, Record, bad_record, read_records, read_text_lines
+from components.data.text_files import READERS, checked_text, read_records, read_text_lines
 from components.errors import DataSourceError, DataValidationError
 from components.registry.package import TEXT_COLUMN
 
@@ -54,20 +54,8 @@ def read_texts(path: Path | str, text_column: str) -> TextInputs:
     records = read_text_lines(path) if suffix == ".txt" else read_records(path, text_column, None)
     if not records:
         raise DataValidationError(path, "holds no texts to predict on")
-    texts = [_checked_text(path, record) for record in records]
+    texts = [checked_text(path, record) for record in records]
     return TextInputs(texts, [record.where for record in records])
-
-
-def _checked_text(file: Path, record: Record) -> str:
-    """``record``'s text; a missing or blank one, or one that is not valid Unicode, is refused."""
-    text = record.text
-    if text is None or not text.strip():
-        raise bad_record(file, record.where, "empty text (empty or whitespace only)")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
-        raise bad_record(file, record.where, "text is not valid Unicode", exc.reason) from None
-    return text
 
 
 def predict_texts(

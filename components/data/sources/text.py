@@ -22,7 +22,7 @@ import numpy as np
 
 from components.config import DataParams
 from components.data.sources._paths import source_path
-from components.data.text_files import READERS, Label, Record, bad_record, read_records
+from components.data.text_files import READERS, Label, Record, bad_record, checked_text, read_records
 from components.data.text_raw import TextSourceData, TextSplit
 from components.errors import DataSourceError, DataValidationError
 
@@ -55,13 +55,8 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 def _check_record(file: Path, record: Record) -> None:
     """The per-record rules: a non-blank text that encodes as UTF-8, and a label."""
-    text, label = record.text, record.label
-    if text is None or not text.strip():
-        raise bad_record(file, record.where, "empty text (empty or whitespace only)")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
-        raise bad_record(file, record.where, "text is not valid Unicode", exc.reason) from None
+    checked_text(file, record)
+    label = record.label
     if label is None or label == "":
         raise bad_record(file, record.where, "missing label")
     if isinstance(label, str) and label != label.strip():
