@@ -31,8 +31,9 @@ postgres:
 			&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
 		|| echo "PostgreSQL is not installed: tests/test_postgres.py will skip"
 
+# Flow options pass through ARGS, e.g. make run ARGS="--set train.max_epochs=5 --arch cnn".
 run: install
-	$(UV) run python -m flows.pipeline
+	$(UV) run python -m flows.pipeline $(ARGS)
 
 test: install postgres
 	$(UV) run ruff check .
