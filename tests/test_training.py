@@ -39,6 +39,17 @@ class CrashAt(Callback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
+class CrashBeforeValidation(Callback):
+    """Raises as epoch ``epoch``'s validation starts: after its last training step, before its end."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"simulated crash before epoch {self.epoch}'s validation")
+
+
 def _params(**train: Any) -> Params:
     return validate_params(tiny_params(**train))
 
@@ -261,3 +272,15 @@ def test_train_cli_refuses_bad_settings_before_any_side_effect(project: Project)
     assert not (project.root / "models").exists()
     assert not (project.root / "mlflow.db").exists()
     assert not (project.root / ".work").exists()
+
+
+def test_a_crash_between_an_epochs_last_step_and_its_validation_loses_no_epoch(digits_project: Path) -> None:
+    """A step checkpoint that fell on an epoch's last step used to be written before the epoch's
+    validation: a run killed in between resumed past that validation, one epoch short in its history."""
+    settings = {"max_epochs": 2, "checkpoint_every_n_steps": 5, "early_stopping_patience": 0}
+    params = _params(**settings, steps_per_call=1)  # 10 steps per epoch: step 10 is a multiple of 5
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(digits_project, "models/cut", params, callbacks=[CrashBeforeValidation(0)])
+    resumed = _run(digits_project, "models/cut", params)
+    assert len(resumed.info["history"]) == 2
+    assert [row["epoch"] for row in resumed.info["history"]] == [0, 1]

@@ -28,7 +28,8 @@ class ResumeCheckpoint(Checkpoint):
     """``last.ckpt``, the state a crashed run resumes from: at each epoch's end and, with
     ``every_n_steps``, at the end of the first ``training_step`` call that reaches each multiple of
     N optimizer steps (a call runs ``train.steps_per_call`` steps, so step counts are not checked
-    one by one, as Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` would).
+    one by one, as Lightning's ``ModelCheckpoint(every_n_train_steps=...)`` would); one that reaches
+    the multiple with the epoch's last step leaves it to the epoch-end checkpoint.
 
     Written to a temporary sibling and renamed over the old file, so a crash while writing leaves
     the previous checkpoint intact; the one it replaces is kept as ``last.prev.ckpt``, the one to
@@ -54,8 +55,12 @@ class ResumeCheckpoint(Checkpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # An epoch's last step saves at the epoch's end, after validation: a checkpoint between the
+        # two would resume past that validation, and the epoch would be missing from the record.
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
-        stop = self.stop.requested(trainer) if self.stop is not None and not last_of_epoch else 0
+        if last_of_epoch:
+            return
+        stop = self.stop.requested(trainer) if self.stop is not None else 0
         n = self.every_n_steps
         if stop or (n and trainer.global_step // n > self._saved_step // n):
             self._save(trainer)
