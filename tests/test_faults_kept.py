@@ -129,13 +129,13 @@ def test_a_training_killed_outright_resumes_from_its_checkpoint_in_the_same_mlfl
     same command resumes from the last checkpoint into the MLflow run the killed process opened,
     which ends FINISHED with every epoch's val_loss: those the killed process had queued but not
     sent are logged from the checkpoint's history (before, MLflow's curve lacked them)."""
-    epochs = 100  # 40 steps each: a few seconds in all
+    epochs = 30  # 40 steps each: the kill after 3 epochs leaves 27 to resume
     settings = tiny_params(
         max_epochs=epochs,
         early_stopping_patience=0,
         batch_size=32,
         steps_per_call=1,
-        checkpoint_every_n_steps=5,
+        checkpoint_every_n_steps=15,  # mid-epoch ones too: the resume starts mid-epoch
     )
     params_file = _write_params(tmp_path / "params.yaml", settings)
     out, work = tmp_path / "models" / "mlp", tmp_path / ".work"
@@ -321,8 +321,8 @@ def test_training_outlives_a_tracking_server_killed_mid_training_and_restarted(
 
     Two epochs pass with the server down; then the training is paused (SIGSTOP) while the server
     restarts, so that a short training still outlasts a slow restart on a busy machine."""
-    epochs = 8
-    settings = tiny_params(max_epochs=epochs, early_stopping_patience=0, batch_size=8, steps_per_call=1)
+    epochs = 12  # 40 steps each; the pause below keeps the server's restart within the training
+    settings = tiny_params(max_epochs=epochs, early_stopping_patience=0, batch_size=32, steps_per_call=1)
     params_file = _write_params(tmp_path / "params.yaml", settings)
     port, store = free_port(), empty_mlflow_store(tmp_path / "server.db")
     uri = f"http://127.0.0.1:{port}"
