@@ -44,10 +44,11 @@ def test_settings_dp_cannot_honour_are_refused_naming_the_key(setting: dict[str,
 
 def test_the_defaults_with_privacy_on_are_accepted_and_epsilon_is_required() -> None:
     params = validate_params(_with())  # steps_per_call 16, in_memory, gradient_clip_val 1.0 as they are
-    assert params.train.privacy.enabled and params.train.steps_per_call == 16
+    assert params.train.privacy.enabled
+    assert params.train.steps_per_call == 16
     raw = _with()
     raw["train"]["privacy"]["target_epsilon"] = None
-    with pytest.raises(ParamsError, match="train.privacy.target_epsilon: required"):
+    with pytest.raises(ParamsError, match=r"train.privacy.target_epsilon: required"):
         validate_params(raw)
 
 
@@ -62,16 +63,16 @@ def test_delta_defaults_below_one_over_n_and_a_larger_one_is_refused() -> None:
 
 def test_an_unreachable_epsilon_and_a_batch_as_large_as_the_split_are_refused() -> None:
     tiny = PrivacyParams(enabled=True, target_epsilon=1e-6, accountant="rdp")
-    with pytest.raises(ParamsError, match="train.privacy.target_epsilon"):
+    with pytest.raises(ParamsError, match=r"train.privacy.target_epsilon"):
         plan_privacy(tiny, 1000, 100, 2)
-    with pytest.raises(ParamsError, match="train.batch_size"):
+    with pytest.raises(ParamsError, match=r"train.batch_size"):
         plan_privacy(PrivacyParams(enabled=True, target_epsilon=3.0), 100, 128, 2)
 
 
 def test_the_text_transformer_is_refused_saying_why() -> None:
     raw = _with()
     raw["data"]["source"] = "text"
-    with pytest.raises(ParamsError, match="text transformer cannot train with DP-SGD.*data-dependent shape"):
+    with pytest.raises(ParamsError, match=r"text transformer cannot train with DP-SGD.*data-dependent shape"):
         _privacy_plan(validate_params(raw), "transformer", 1000)
 
 
@@ -83,7 +84,8 @@ def test_the_planned_noise_spends_the_target_epsilon_over_the_planned_steps(acco
     fresh = create_accountant(accountant)  # Opacus's accountant, independent of the training code
     fresh.history = [(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)]
     spent = fresh.get_epsilon(delta=plan.delta)
-    assert spent <= 3.0 and spent == pytest.approx(3.0, abs=0.05)
+    assert spent <= 3.0
+    assert spent == pytest.approx(3.0, abs=0.05)
     fresh.history = [(plan.noise_multiplier, plan.sample_rate, plan.planned_steps // 2)]
     assert fresh.get_epsilon(delta=plan.delta) < spent  # stopping early spends less
 
@@ -112,8 +114,10 @@ def test_membership_inference_sees_a_memorising_model_and_not_a_random_one() -> 
     weak = membership_inference(untrained, members, non_members, device, 16, seed=0)
     assert strong["members"] == strong["non_members"] == 100
     for figures in (strong, weak):
-        assert 0.0 <= figures["auc"] <= 1.0 and 0.0 <= figures["advantage"] <= 1.0
-    assert strong["advantage"] > 0.7 and weak["advantage"] < 0.3
+        assert 0.0 <= figures["auc"] <= 1.0
+        assert 0.0 <= figures["advantage"] <= 1.0
+    assert strong["advantage"] > 0.7
+    assert weak["advantage"] < 0.3
     assert strong["auc"] > 0.8 > 0.65 > weak["auc"]
 
 

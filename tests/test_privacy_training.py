@@ -71,7 +71,8 @@ def test_private_training_records_its_budget_everywhere(digits_project: Path) ->
     assert metrics["privacy_epsilon"] == pytest.approx(privacy["epsilon"])
     attack = json.loads((digits_project / "reports" / "mlp" / PRIVACY).read_text())
     assert attack["members"] == attack["non_members"] == 270  # the test split's size
-    assert 0 <= attack["advantage"] <= 1 and 0 <= attack["auc"] <= 1
+    assert 0 <= attack["advantage"] <= 1
+    assert 0 <= attack["auc"] <= 1
     assert MlflowClient().get_run(result.run_id).data.metrics["mia_advantage"] == attack["advantage"]
 
     decision = register(
@@ -80,7 +81,8 @@ def test_private_training_records_its_budget_everywhere(digits_project: Path) ->
     )  # fmt: skip
     assert decision.model_name == "digits-classifier-dp"
     tags = MlflowClient().get_model_version(decision.model_name, decision.version).tags
-    assert tags["privacy"] == "dp" and float(tags["privacy.delta"]) == 1e-5
+    assert tags["privacy"] == "dp"
+    assert float(tags["privacy.delta"]) == 1e-5
     assert float(tags["privacy.epsilon"]) == pytest.approx(privacy["epsilon"], rel=1e-3)
 
 

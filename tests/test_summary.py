@@ -67,7 +67,8 @@ def _rows(root: Path) -> list[list[str]]:
 def test_the_evaluated_and_registered_model_shows_its_figures_and_version(tmp_path: Path) -> None:
     _model(tmp_path, "fp-1", WEIGHTS_BYTES)
     _reports(tmp_path, "fp-1")
-    assert _rows(tmp_path) == [["mlp", "0.5000", "0.2500", "1,234", "2", "1.2 s", "1,000", "—", "v1 champion"]]
+    row = ["mlp", "0.5000", "0.2500", "1,234", "2", "1.2 s", "1,000", "—", "v1 champion"]
+    assert _rows(tmp_path) == [row]
 
 
 def test_a_text_report_shows_its_samples_per_second(tmp_path: Path) -> None:
