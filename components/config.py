@@ -123,6 +123,63 @@ MatmulPrecision = Literal["auto", "highest", "high", "medium"]
 Strategy = Literal["auto", "ddp"]
 
 
+PrivacyAccountant = Literal["prv", "rdp"]
+
+
+class PrivacyParams(Section):
+    """Differentially private training (DP-SGD with Opacus; docs/privacy.md)."""
+
+    enabled: bool = False
+    """Train with DP-SGD: per-example gradient clipping, Gaussian noise and Poisson sampling, the
+    noise calibrated so that the planned steps spend ``target_epsilon``. The registered model name
+    gets ``-dp`` (private and non-private models never compete for one ``champion``)."""
+    target_epsilon: Annotated[float, Field(gt=0.0)] | None = None
+    """Privacy budget ε that ``max_epochs`` epochs spend at most (early stopping spends less;
+    the ε actually spent is recorded). Required when ``enabled``."""
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    """δ of (ε, δ)-DP; must be below 1 / (training examples). ``null``: the power of ten at or
+    below 1 / (10 x training examples) (1e-5 for 8,000 examples)."""
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
+    """Per-example gradient clipping norm C (replaces ``train.gradient_clip_val``, which DP-SGD
+    does not apply); the noise's standard deviation is ``noise_multiplier x C``."""
+    accountant: PrivacyAccountant = "prv"
+    """Privacy accountant: ``prv`` (privacy random variables, tighter) or ``rdp`` (Rényi DP)."""
+
+
+# Settings DP-SGD cannot honour here, with why (checked when ``train.privacy.enabled``).
+_DP_REFUSED_WHY = {
+    "in_memory": "Poisson sampling is implemented for the in-memory batches only (set in_memory: true)",
+    "compile": "torch.compile does not trace Opacus's per-example gradient hooks (set compile: false)",
+    "precision": "per-example clipping and noise are computed in float32 (set precision: auto or 32-true)",
+    "num_nodes": "DP-SGD is single-process here (one accountant, one noise draw per step)",
+    "devices": "DP-SGD is single-process here (one accountant, one noise draw per step)",
+    "strategy": "DP-SGD is single-process here (set strategy: auto)",
+}
+
+
+def dp_refusals(train: TrainParams) -> list[str]:
+    """A line per ``train.*`` setting that DP-SGD cannot honour, naming the key; empty when fine."""
+    if not train.privacy.enabled:
+        return []
+    bad = {
+        "in_memory": not train.in_memory,
+        "compile": train.compile,
+        "precision": train.precision not in ("auto", "32-true"),
+        "num_nodes": train.num_nodes > 1,
+        "devices": train.devices not in ("auto", 1),
+        "strategy": train.strategy != "auto",
+    }
+    lines = [
+        f"train.{key}: {json.dumps(getattr(train, key))} is refused with train.privacy.enabled: "
+        f"{_DP_REFUSED_WHY[key]}"
+        for key, refused in bad.items()
+        if refused
+    ]
+    if train.privacy.target_epsilon is None:
+        lines.append("train.privacy.target_epsilon: required when train.privacy.enabled is true")
+    return lines
+
+
 class TrainParams(Section):
     """Training settings shared by every architecture (read by the ``train`` stages)."""
 
@@ -142,7 +199,8 @@ class TrainParams(Section):
     early_stopping_patience: Annotated[int, Field(ge=0)] = 5
     """Stop after this many epochs without a lower validation loss; 0 turns early stopping off."""
     gradient_clip_val: Annotated[float, Field(ge=0.0)] = 1.0
-    """Clip the gradient norm to this value; 0 turns clipping off."""
+    """Clip the gradient norm to this value; 0 turns clipping off. Not applied with
+    ``privacy.enabled``: DP-SGD clips each example's gradient to ``privacy.max_grad_norm`` instead."""
     accelerator: Accelerator = "auto"
     """Lightning accelerator: ``auto`` takes a GPU when there is one, else the CPU."""
     devices: PositiveInt | Literal["auto"] = "auto"
@@ -178,12 +236,21 @@ class TrainParams(Section):
     checkpoint_every_n_steps: Annotated[int, Field(ge=0)] = 0
     """Also write the resumable checkpoint every N optimizer steps (at the end of the first
     ``training_step`` call that reaches each multiple of N); 0: at the end of each epoch only."""
+    privacy: PrivacyParams = PrivacyParams()
+    """Differentially private training (DP-SGD)."""
 
     @model_validator(mode="after")
     def _architectures_unique(self) -> TrainParams:
         duplicates = sorted({a for a in self.architectures if self.architectures.count(a) > 1})
         if duplicates:
             raise ValueError(f"architectures must not repeat (repeated: {', '.join(duplicates)})")
+        return self
+
+    @model_validator(mode="after")
+    def _private_training_is_possible(self) -> TrainParams:
+        problems = dp_refusals(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
 

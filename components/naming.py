@@ -55,6 +55,12 @@ def experiment_name(params: Params) -> str:
     return params.mlflow.experiment_name or dataset_name(params.data)
 
 
+PRIVATE_SUFFIX = "-dp"  # models trained with DP-SGD register under their own name (docs/privacy.md)
+
+
 def registered_model_name(params: Params) -> str:
-    """``register.model_name``, else ``<dataset name>-classifier``: one registered model per dataset."""
-    return params.register.model_name or f"{dataset_name(params.data)}-classifier"
+    """``register.model_name``, else ``<dataset name>-classifier``: one registered model per dataset;
+    with ``train.privacy.enabled`` that name plus ``-dp``: private and non-private models never
+    compete for one ``champion``."""
+    name = params.register.model_name or f"{dataset_name(params.data)}-classifier"
+    return f"{name}{PRIVATE_SUFFIX}" if params.train.privacy.enabled else name

@@ -67,7 +67,8 @@ def _rows(root: Path) -> list[list[str]]:
 def test_the_evaluated_and_registered_model_shows_its_figures_and_version(tmp_path: Path) -> None:
     _model(tmp_path, "fp-1", WEIGHTS_BYTES)
     _reports(tmp_path, "fp-1")
-    assert _rows(tmp_path) == [["mlp", "0.5000", "0.2500", "1,234", "2", "1.2 s", "1,000", "v1 champion"]]
+    row = ["mlp", "0.5000", "0.2500", "1,234", "2", "1.2 s", "1,000", "—", "v1 champion"]
+    assert _rows(tmp_path) == [row]
 
 
 def test_a_text_report_shows_its_samples_per_second(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_a_model_retrained_after_its_evaluation_and_registration_shows_neither(t
     _reports(tmp_path, "fp-1")
     _model(tmp_path, "fp-2", b"retrained weights", parameters=567)
     assert _rows(tmp_path) == [
-        ["mlp", "stale: re-run evaluate@mlp", "", "567", "2", "1.2 s", "", "stale: re-run register"]
+        ["mlp", "stale: re-run evaluate@mlp", "", "567", "2", "1.2 s", "", "—", "stale: re-run register"]
     ]
     # Re-evaluated but not re-registered: the figures come back, the version stays stale.
     _reports(tmp_path, "fp-2")
@@ -98,6 +99,7 @@ def test_a_model_retrained_after_its_evaluation_and_registration_shows_neither(t
         "2",
         "1.2 s",
         "1,000",
+        "—",
         "stale: re-run register",
     ]
 
@@ -113,7 +115,7 @@ def test_metrics_without_a_readable_fingerprint_are_not_vouched_for(
     elif report.startswith("{"):
         (folder / "classification_report.json").write_text(report)
     assert _rows(tmp_path)[0][1:3] == ["stale: re-run evaluate@mlp", ""]
-    assert _rows(tmp_path)[0][7] == "v1 champion"  # the weights are still the registered ones
+    assert _rows(tmp_path)[0][8] == "v1 champion"  # the weights are still the registered ones
 
 
 BAD_REGISTRATIONS = [
@@ -135,7 +137,7 @@ def test_a_bad_registration_file_prints_no_champion_line_and_no_versions(tmp_pat
         ["mlp"], tmp_path / "models", tmp_path / "reports", tmp_path / "reports/registration.json"
     )
     assert "unreadable" in str(table.caption)
-    assert _rows(tmp_path)[0][7] == ""
+    assert _rows(tmp_path)[0][8] == ""
 
 
 def test_champion_line_names_the_version_and_omits_an_unknown_architecture(tmp_path: Path) -> None:
@@ -170,3 +172,12 @@ def test_the_summary_command_survives_a_truncated_registration_file(
     assert "versions not shown" in out
     assert "Champion:" not in out
     assert "Browse the runs:" in out
+
+
+def test_a_private_model_shows_the_epsilon_it_spent(tmp_path: Path) -> None:
+    folder = _model(tmp_path, "fp-1", WEIGHTS_BYTES)
+    info = json.loads((folder / "train_info.json").read_text())
+    info["privacy"] = {"epsilon": 2.9951, "delta": 1e-5}
+    (folder / "train_info.json").write_text(json.dumps(info))
+    _reports(tmp_path, "fp-1")
+    assert _rows(tmp_path)[0][7] == "3.00 (δ 1e-05)"

@@ -10,6 +10,9 @@ leaves the previous files as they were, never a mix of old and new:
 - ``predictions.csv``            ``actual,predicted`` per test sample (DVC ``confusion`` plot)
 - ``errors.csv``                 the 20 most confidently wrong predictions: the sentence (text data)
                                  or the test row (images), true and predicted class, probability
+- ``privacy.json``               the membership-inference attack (:mod:`components.privacy.membership`)
+                                 on training vs test examples: AUC and advantage, for every model;
+                                 a DP model's ε, δ and noise are in ``metrics.json`` (``privacy_*``)
 
 and logs the same to the architecture's MLflow run (the one the train stage recorded), with the
 ``test_`` prefix on metric names.
@@ -33,6 +36,7 @@ from components.evaluation.metrics import classification_metrics, confusion_matr
 from components.evaluation.mistakes import errors_csv
 from components.evaluation.plots import confusion_png, predictions_csv
 from components.naming import experiment_name
+from components.privacy.membership import membership_inference
 from components.tracking import Tracker, pipeline_key
 from components.tracking_datasets import split_inputs
 from components.training.artifacts import check_same_data, load_trained_model
@@ -42,6 +46,9 @@ REPORT = "classification_report.json"
 CONFUSION_PNG = "confusion_matrix.png"
 PREDICTIONS = "predictions.csv"
 ERRORS = "errors.csv"
+PRIVACY = "privacy.json"
+# train_info.json's privacy figures copied into metrics.json (as privacy_<key>) for a DP model.
+PRIVACY_FIGURES = ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps")
 
 
 def evaluation_device(params: Params) -> torch.device:
@@ -76,6 +83,16 @@ def evaluate(
     class_names = prepared.stats.class_names
     summary, report = classification_metrics(test.labels, result.classes, class_names)
     metrics = {**summary, **_speed_metrics(result, len(test.labels), params.evaluate.batch_size, test.texts)}
+    metrics.update(privacy_metrics(trained.info))
+    train_split = require_split(prepared, "train", prepared_dir)
+    attack = membership_inference(
+        trained.model,
+        (train_split.x, train_split.labels),
+        (test.x, test.labels),
+        device,
+        params.evaluate.batch_size,
+        params.train.seed,
+    )
     report.update(device=str(device), data_version=version, model_fingerprint=trained.info.get("fingerprint"))
 
     matrix = confusion_matrix(test.labels, result.classes, len(class_names))
@@ -87,9 +104,20 @@ def evaluate(
         (reports / PREDICTIONS).write_text(csv, encoding="utf-8")
         errors = errors_csv(test.labels, result.classes, result.confidence, class_names, test.texts)
         (reports / ERRORS).write_text(errors, encoding="utf-8")
+        (reports / PRIVACY).write_text(dumps_json(attack), encoding="utf-8")
         (reports / METRICS).write_text(dumps_json(metrics), encoding="utf-8")
-        _log_to_mlflow(params, arch, trained.info, metrics, reports, project_root, version, test_input)
+        extra = {"mia_auc": attack["auc"], "mia_advantage": attack["advantage"]}
+        _log_to_mlflow(params, arch, trained.info, metrics, extra, reports, project_root, version, test_input)
     return metrics
+
+
+def privacy_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """A DP model's ε, δ, noise multiplier, clipping norm, sampling rate and steps (``privacy_*``,
+    from its train_info.json); nothing for a non-private model."""
+    privacy = info.get("privacy")
+    if not privacy:
+        return {}
+    return {f"privacy_{key}": float(privacy[key]) for key in PRIVACY_FIGURES}
 
 
 def _speed_metrics(
@@ -115,19 +143,24 @@ def _log_to_mlflow(
     arch: Architecture,
     info: dict[str, Any],
     metrics: dict[str, Any],
+    extra: dict[str, float],
     reports: Path,
     project_root: Path | str,
     version: str,
     inputs: list[DatasetInput],
 ) -> None:
-    """Add the test metrics, report files and test split (``inputs``) to the run that trained the model."""
+    """Add the test metrics, ``extra`` (the attack's, as named), report files and test split
+    (``inputs``) to the run that trained the model."""
     tracker = Tracker.open(experiment_name(params), project_root)
     mlflow_info = info.get("mlflow") or {}
     run_id = mlflow_info.get("run_id")
     parent = mlflow_info.get("parent_run_id")
     # metrics.json's keys under a test_ prefix (test_accuracy beside train_acc), once: its
     # test_samples count stays test_samples, not test_test_samples.
-    numeric = {(k if k.startswith("test_") else f"test_{k}"): float(value) for k, value in metrics.items()}
+    # The privacy_* figures keep the names training logged them under.
+    kept = ("test_", "privacy_")
+    numeric = {(k if k.startswith(kept) else f"test_{k}"): float(value) for k, value in metrics.items()}
+    numeric.update(extra)
     if run_id and tracker.run_exists(run_id):
         context = tracker.reopened(run_id, parent)
     else:  # trained against another tracking server: record the evaluation on its own

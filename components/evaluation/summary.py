@@ -34,6 +34,14 @@ def _train_cells(info: dict[str, Any]) -> list[str]:
     return [f"{info['parameters']:,}", str(info["epochs"]), f"{info['fit_seconds']:.1f} s"]
 
 
+def privacy_cell(info: dict[str, Any]) -> str:
+    """The ε a DP model spent (δ beside it), or ``—`` for a model trained without privacy."""
+    privacy = info.get("privacy")
+    if not privacy:
+        return "—"
+    return f"{privacy['epsilon']:.2f} (δ {privacy['delta']:.0e})"
+
+
 def _metric_cells(metrics_file: Path) -> tuple[str, str, str]:
     """Accuracy, macro-F1 and inference speed, formatted. The speed is ``samples_per_second``, or
     ``images_per_second`` in a report written before that key existed."""
@@ -119,8 +127,9 @@ def results_table(
     reports_root: Path | str,
     registration: Path | str | None = None,
 ) -> Table:
-    """One row per architecture: test accuracy, macro-F1, size, training and inference speed, and
-    its registered version (``champion`` marked) when ``registration`` (registration.json) exists.
+    """One row per architecture: test accuracy, macro-F1, size, training and inference speed, the ε
+    spent (DP models; ``—`` otherwise), and its registered version (``champion`` marked) when
+    ``registration`` (registration.json) exists.
 
     Test figures of an older model than ``models/<arch>/`` holds read ``stale: re-run
     evaluate@<arch>``, and a version registered from other weights ``stale: re-run register``.
@@ -141,13 +150,14 @@ def results_table(
         ("epochs", "right"),
         ("fit time", "right"),
         ("inference samples/s", "right"),
+        ("privacy ε", "right"),
         ("registered", "left"),
     ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for arch in architectures:
         report_dir, model_dir = Path(reports_root) / arch, Path(models_root) / arch
         if not (report_dir / METRICS).is_file() or not (model_dir / TRAIN_INFO).is_file():
-            table.add_row(arch, "not evaluated yet", "", "", "", "", "", "")
+            table.add_row(arch, "not evaluated yet", "", "", "", "", "", "", "")
             continue
         try:  # one bad file spoils its row, not the whole table
             info = read_train_info(model_dir / TRAIN_INFO)
@@ -156,8 +166,8 @@ def results_table(
             else:
                 accuracy, f1_macro, speed = stale(f"evaluate@{arch}"), "", ""
         except DataValidationError as exc:
-            table.add_row(arch, f"unreadable: {exc}", "", "", "", "", "", "")
+            table.add_row(arch, f"unreadable: {exc}", "", "", "", "", "", "", "")
             continue
         registered = _registered_cell(versions.get(arch), model_dir / WEIGHTS)
-        table.add_row(arch, accuracy, f1_macro, *_train_cells(info), speed, registered)
+        table.add_row(arch, accuracy, f1_macro, *_train_cells(info), speed, privacy_cell(info), registered)
     return table

@@ -59,7 +59,12 @@ class LSTMClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.embedding is not None:  # x: (B, T) ids
-            return self.head(self._last_real_output(x))  # (B, hidden_size) -> (B, num_classes)
+            # Rows longest first through every layer, the logits back in the input's order at the
+            # end: per-example gradients (DP-SGD, Opacus) then line up row by row in every layer.
+            lengths = real_tokens(x).sum(dim=1)  # (B,)
+            order = torch.sort(lengths, descending=True, stable=True).indices  # (B,)
+            logits = self.head(self._last_real_output(x[order]))  # (B, hidden_size) -> (B, num_classes)
+            return logits[torch.argsort(order)]
         b, c, h, w = x.shape
         steps = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # (B, C, H, W) -> (B, H, C*W)
         _, (hidden, _) = self.lstm(steps)  # hidden: (num_layers, B, hidden_size)
@@ -75,6 +80,7 @@ class LSTMClassifier(nn.Module):
         lengths = real_tokens(x).sum(dim=1).cpu()  # (B,), on the host as packing requires
         packed = pack_padded_sequence(self.embedding(x), lengths, batch_first=True, enforce_sorted=False)
         _, (hidden, _) = self.lstm(packed)  # hidden: (num_layers, B, hidden_size), in the input's order
+        # (forward passes the rows longest first, so packing keeps them in place)
         return hidden[-1]
 
     def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:

@@ -16,6 +16,11 @@ For one architecture (:func:`register`):
    new version is strictly better on ``register.metric``. The decision and its reason are tagged on
    the version.
 
+Private models (DP-SGD, ``train.privacy.enabled``) go to ``<name>-dp``
+(:func:`~components.naming.registered_model_name`), tagged ``privacy=dp``, ``privacy.epsilon``
+and ``privacy.delta``: they compete only with each other. A model folder whose training does not
+match ``train.privacy.enabled`` (trained before the setting changed) is refused.
+
 Idempotent: a version is identified by the sha256 of its weights, so registering the same weights
 again adds no version and returns the decision recorded the first time.
 
@@ -55,9 +60,16 @@ from components.registry.decisions import (
 from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
 from components.registry.lease import registry_lease
 from components.registry.package import TEXT_COLUMN, log_and_register, training_code_tags
+from components.registry.private import check_privacy_matches, privacy_tags
 from components.tracking import Tracker, fluent_tracking
 from components.tracking_server import tracking_error
-from components.training.artifacts import WEIGHTS, check_same_data, load_trained_model
+from components.training.artifacts import (
+    TRAIN_INFO,
+    WEIGHTS,
+    check_same_data,
+    load_trained_model,
+    read_train_info,
+)
 
 
 def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
@@ -90,6 +102,7 @@ def register(
 ) -> Decision:
     """Register ``model_dir`` (if its weights are new) and gate ``champion``; return the decision."""
     candidate = _candidate(arch, Path(model_dir), Path(prepared_dir))
+    check_privacy_matches(params, arch, Path(model_dir), candidate.trained.info)
     tracker = Tracker.open(experiment_name(params), project_root)
     with fluent_tracking(tracker.uri):
         try:
@@ -116,6 +129,9 @@ def register_all(
     archs = params.train.architectures
     for arch in archs:
         check_registrable(arch, Path(models_dir) / arch, prepared_dir)
+        check_privacy_matches(
+            params, arch, Path(models_dir) / arch, read_train_info(Path(models_dir) / arch / TRAIN_INFO)
+        )
     decisions = []
     for arch in archs:
         decision = register(
@@ -186,6 +202,7 @@ def _register_under_lease(
             "data.version": version,
             WEIGHTS_TAG: weights_sha,
             **training_code_tags(candidate.trained.info, project_root),
+            **privacy_tags(candidate.trained.info),
             **(tags or {}),
         }
         example = inputs[:2] if isinstance(inputs, np.ndarray) else inputs.head(3)

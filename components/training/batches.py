@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+PrivateBlock = tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]  # DP-SGD: rows, targets, rows per step
 
 
 class EpochSampler(Sampler[int]):
@@ -211,3 +212,59 @@ def streaming_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+class PoissonBatches:
+    """DP-SGD's sampling: each step takes every training row independently with probability
+    ``sample_rate`` (Poisson sampling, which the privacy accountant assumes), ``steps_per_call``
+    steps to a block.
+
+    An epoch is ``steps_per_epoch`` steps. A block is ``(x, y, sizes)``: the steps' rows one after
+    another and each step's row count (Python ints, which Lightning leaves on the host), by which
+    the module splits it; a step may hold no row at all (it still adds noise). Each step's draw is
+    seeded by ``(seed, epoch, step)``, so a run resumed mid-epoch draws what it would have.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        sample_rate: float,
+        steps_per_epoch: int,
+        seed: int,
+        *,
+        steps_per_call: int = 1,
+    ) -> None:
+        self.x = x  # (N, ...) on the device
+        self.y = y  # (N, K) on the device
+        self.sample_rate = sample_rate
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
+        self.steps_per_call = steps_per_call
+        self.sampler = EpochSampler(len(x), seed, shuffle=True)  # Lightning's set_epoch lands here
+        self.batch_sampler = None
+        self._position = _ResumePosition()
+
+    def __len__(self) -> int:
+        return math.ceil(self.steps_per_epoch / self.steps_per_call)
+
+    def step_rows(self, epoch: int, step: int) -> torch.Tensor:
+        """The rows step ``step`` of ``epoch`` takes: (M,) int64 on the CPU, M ~ Binomial(N, q)."""
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + step)
+        return torch.nonzero(torch.rand(len(self.x), generator=generator) < self.sample_rate).squeeze(1)
+
+    def __iter__(self) -> Iterator[PrivateBlock]:
+        epoch = self.sampler.epoch
+        first = self._position.start(epoch)
+        for start in range(first, self.steps_per_epoch, self.steps_per_call):
+            steps = range(start, min(start + self.steps_per_call, self.steps_per_epoch))
+            rows = [self.step_rows(epoch, step) for step in steps]
+            index = torch.cat(rows).to(self.x.device)  # (sum of M,)
+            self._position.served += len(rows)
+            yield self.x[index], self.y[index], tuple(len(r) for r in rows)
+
+    def state_dict(self) -> dict[str, int]:
+        return self._position.state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._position.restore(state)

@@ -85,9 +85,10 @@ class ReplicaDigests(Callback):
         self.digests: list[str] = []
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plain = getattr(pl_module, "plain_state_dict", None)  # the Classifier: DP wrappers stripped
         network = pl_module.model
         assert isinstance(network, torch.nn.Module)
-        mine = weights_digest(network.state_dict())
+        mine = weights_digest(plain() if plain is not None else network.state_dict())
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, mine)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from components.config import TrainParams
 from components.errors import DataValidationError
-from components.training.batches import Batch, TensorBatches, streaming_loader
+from components.training.batches import Batch, PoissonBatches, PrivateBlock, TensorBatches, streaming_loader
 
 Loader = TensorBatches | DataLoader[tuple[torch.Tensor, ...]]
 
@@ -22,6 +22,7 @@ class ClassificationData(L.LightningDataModule):
     With ``train.in_memory`` the tensors are moved once, in :meth:`setup`, to the device Lightning
     chose, and every batch is gathered there; otherwise a ``DataLoader`` with workers streams them.
     Under DDP each rank gets its own slice of every epoch (see :mod:`components.training.batches`).
+    With ``poisson`` (DP-SGD) training steps are Poisson-sampled instead (:class:`PoissonBatches`).
     """
 
     def __init__(
@@ -30,11 +31,14 @@ class ClassificationData(L.LightningDataModule):
         val: tuple[np.ndarray, np.ndarray],
         params: TrainParams,
         eval_batch_size: int,
+        *,
+        poisson: tuple[float, int] | None = None,
     ) -> None:
         super().__init__()
         self._arrays = {"train": train, "val": val}
         self.params = params
         self.eval_batch_size = eval_batch_size
+        self.poisson = poisson  # DP-SGD: (sample rate, steps per epoch) of Poisson-sampled steps
         self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, stage: str) -> None:
@@ -58,8 +62,12 @@ class ClassificationData(L.LightningDataModule):
             return TensorBatches(x, y, batch_size, seed, shuffle, **shard)
         return streaming_loader(x, y, batch_size, seed, shuffle, self.params.num_workers, **shard)
 
-    def train_dataloader(self) -> Iterable[Batch]:
+    def train_dataloader(self) -> Iterable[Batch] | Iterable[PrivateBlock]:
         params = self.params
+        if self.poisson is not None:  # in memory, one process: the params schema refuses the rest
+            x, y = self._tensors["train"]
+            rate, steps = self.poisson
+            return PoissonBatches(x, y, rate, steps, params.seed, steps_per_call=params.steps_per_call)
         return self._loader("train", params.batch_size, shuffle=True, steps_per_call=params.steps_per_call)
 
     def val_dataloader(self) -> Iterable[Batch]:

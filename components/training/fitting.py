@@ -131,7 +131,8 @@ def _fit(
 def _best_weights(best_path: str, module: Classifier) -> dict[str, torch.Tensor]:
     """The network's weights from ``best.ckpt`` (loaded tensors-only), else the current ones."""
     if not best_path or not Path(best_path).is_file():
-        return module.model.state_dict()
+        return module.plain_state_dict()
     checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
     prefix = "model."
-    return {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return module.plain_weights(state)  # DP-SGD: Opacus's wrapper names stripped

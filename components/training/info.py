@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field
 
 from components.config import Architecture, Params
 from components.models import config_to_dict, count_parameters
+from components.privacy.dp import privacy_record
 from components.training.artifacts import MlflowRunRecord, TrainInfoContract, weights_digest
 from components.training.speed import resolve_speed
 
@@ -61,6 +62,9 @@ class TrainInfo(TrainInfoContract):
     replica_weights_sha256: list[str]  # the same digest from every DDP rank, in rank order
     mlflow: MlflowRecord
     history: list[dict[str, float]]  # one row per epoch: epoch, step and the epoch metrics
+    # DP-SGD (components.privacy.dp.privacy_record): epsilon spent, delta, noise_multiplier,
+    # max_grad_norm, sample_rate, steps, accountant, ...; None for a non-private model.
+    privacy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The mapping written to ``train_info.json`` (and returned by ``train``)."""
@@ -81,6 +85,9 @@ def train_info(
     steps_here = trainer.global_step - history.start_step
     images_here = steps_here * params.train.batch_size * trainer.world_size
     best = fit.best.best_model_score
+    module = built.module
+    private = built.privacy is not None and module.accountant is not None
+    privacy = privacy_record(built.privacy, module.accountant) if private else None  # type: ignore[arg-type]
     return TrainInfo(
         architecture=arch,
         model_config=config_to_dict(built.config),
@@ -110,6 +117,7 @@ def train_info(
         replica_weights_sha256=fit.replicas.digests,
         mlflow=mlflow_record,
         history=history.history,
+        privacy=privacy,
     )
 
 

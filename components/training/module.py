@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torchmetrics import MetricCollection
 
-from components.training.batches import Batch
+from components.privacy import dp
+from components.training.batches import Batch, PrivateBlock
 from components.training.metrics import Accuracy, BatchMean, MacroF1
 
 Stage = Literal["train", "val", "test"]
@@ -41,6 +43,12 @@ class Classifier(L.LightningModule):
 
     ``gradient_clip_val`` clips the gradient norm before every optimizer step (after the unscaling
     of ``16-mixed``). ``channels_last`` keeps the weights and every 4-D input in NHWC layout.
+
+    **DP-SGD** (``privacy``, :mod:`components.privacy.dp`): the network gets per-example gradients,
+    the optimizer clips and noises them and an accountant counts every step; a block's steps are
+    Poisson-sampled, so it is split by the row counts it carries, and a step without rows still
+    adds noise. ``gradient_clip_val`` is not applied (each example is clipped instead). The
+    accountant's history and the noise generator's state are part of the checkpoint.
     """
 
     def __init__(
@@ -53,10 +61,18 @@ class Classifier(L.LightningModule):
         batch_size: int,
         gradient_clip_val: float = 0.0,
         channels_last: bool = False,
+        privacy: dp.PrivacyPlan | None = None,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # training_step steps the optimizer itself
-        self.model = model
+        self.plain_keys = list(model.state_dict())  # the network's own names, whatever wraps it
+        self.privacy = privacy
+        self.noise_seed = noise_seed
+        self.accountant = dp.new_accountant(privacy) if privacy is not None else None
+        self._noise: torch.Generator | None = None  # DP-SGD's noise, made on the training device
+        self._noise_state: torch.Tensor | None = None  # restored from a checkpoint, applied at start
+        self.model: nn.Module = dp.private_network(model) if privacy is not None else model
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.batch_size = batch_size  # rows of one optimizer step; a training block holds several
@@ -111,8 +127,10 @@ class Classifier(L.LightningModule):
         metrics: MetricCollection = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
 
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch | PrivateBlock, batch_idx: int) -> dict[str, torch.Tensor]:
         """One optimizer step per mini-batch of the block; returns the steps' losses ``(S,)``."""
+        if len(batch) == 3:
+            return self._private_steps(batch)
         x, y = batch  # (S*B, ...), (S*B, K): S consecutive mini-batches (the last may be short)
         optimizer = self.optimizers()
         assert isinstance(optimizer, LightningOptimizer)
@@ -133,9 +151,37 @@ class Classifier(L.LightningModule):
         self.record("train", loss_sum, rows, torch.cat(logits).argmax(dim=1), y.argmax(dim=1))
         return {"loss": stacked}
 
+    def _private_steps(self, block: PrivateBlock) -> dict[str, torch.Tensor]:
+        """DP-SGD over a Poisson block: one noised step per entry of its row counts."""
+        x, y, sizes = block  # (M, ...), (M, K), S counts summing to M
+        optimizer = self.optimizers()
+        assert isinstance(optimizer, LightningOptimizer)
+        private = optimizer.optimizer
+        assert isinstance(private, DPOptimizer)
+        losses, logits = [], []
+        for xb, yb in zip(x.split(list(sizes)), y.split(list(sizes)), strict=True):  # (m, ...), (m, K)
+            optimizer.zero_grad()
+            if len(xb):
+                loss, step_logits = self.model_step((xb, yb))
+                self.manual_backward(loss)
+                logits.append(step_logits.detach())
+            else:  # no example drawn: the step is noise alone, and is accounted like any other
+                loss = torch.zeros((), device=x.device)
+                for p in private.params:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            optimizer.step()
+            losses.append(loss.detach())
+        stacked = torch.stack(losses)  # (S,)
+        rows = torch.tensor(sizes, device=x.device, dtype=stacked.dtype)  # (S,)
+        if len(x):
+            predicted = torch.cat(logits).argmax(dim=1)  # (M,)
+            self.record("train", (stacked * rows).sum(), len(x), predicted, y.argmax(dim=1))
+        return {"loss": stacked}
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the backward and after 16-mixed's unscaling, before the update.
-        self.clip_gradients_of(optimizer)
+        if self.privacy is None:  # DP-SGD clips each example's gradient instead
+            self.clip_gradients_of(optimizer)
 
     def clip_gradients_of(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip the gradient norm of ``optimizer``'s parameters to ``gradient_clip_val`` (if set)."""
@@ -172,9 +218,38 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # A fused Adam unscales 16-mixed gradients inside its step, after the clip would have run.
         fused_ok = not str(self.trainer.precision).startswith("16")
-        return build_optimizer(
-            self.parameters(), self.learning_rate, self.weight_decay, self.device, fused_ok=fused_ok
+        # The network's parameters only: DP-SGD noises every parameter its optimizer holds.
+        optimizer = build_optimizer(
+            self.model.parameters(), self.learning_rate, self.weight_decay, self.device, fused_ok=fused_ok
         )
+        if self.privacy is None or self.accountant is None:
+            return optimizer
+        self._noise = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+        return dp.private_optimizer(optimizer, self.privacy, self.accountant, self._noise)
+
+    def on_train_start(self) -> None:
+        if self._noise is not None and self._noise_state is not None:
+            self._noise.set_state(self._noise_state)
+            self._noise_state = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.accountant is not None:
+            noise = self._noise.get_state() if self._noise is not None else None
+            checkpoint["privacy"] = {"history": dp.accountant_state(self.accountant), "noise": noise}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("privacy")
+        if self.accountant is not None and saved is not None:
+            dp.restore_accountant(self.accountant, saved["history"])
+            self._noise_state = saved["noise"]
+
+    def plain_state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's weights under its own names (without Opacus's wrappers)."""
+        return self.plain_weights(self.model.state_dict())
+
+    def plain_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` (the wrapped network's keys) under the plain network's names."""
+        return dp.plain_weights(state, self.plain_keys) if self.privacy is not None else dict(state)
 
 
 def build_optimizer(

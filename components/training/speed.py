@@ -74,11 +74,13 @@ def resolve_speed(params: TrainParams, arch: str) -> SpeedSettings:
     if matmul == "auto":
         matmul = "high" if device == "cuda" else "highest"
     channels_last = device == "cuda" if params.channels_last == "auto" else params.channels_last
+    private = params.privacy.enabled  # DP-SGD: float32 (the schema refuses another precision)
+    precision = "32-true" if private else resolve_precision(params.precision, device)
     return SpeedSettings(
         device=device,
-        precision=resolve_precision(params.precision, device),
+        precision=precision,
         matmul_precision=matmul,
-        channels_last=channels_last and arch == "cnn",
+        channels_last=channels_last and arch == "cnn" and not (private and params.channels_last == "auto"),
         compile=params.compile,
     )
 

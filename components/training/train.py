@@ -34,7 +34,7 @@ from mlflow.entities import DatasetInput
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.code_version import code_tags
-from components.config import Architecture, Params, flatten
+from components.config import Architecture, Params, flatten, is_text_source
 from components.data.manifest import TOKENIZER
 from components.data.normalize import Normalization
 from components.data.prepared import data_version, load_prepared, require_split
@@ -43,6 +43,7 @@ from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, model_config
 from components.naming import experiment_name
+from components.privacy.dp import PrivacyPlan, plan_privacy
 from components.tracking import TrackedRun, Tracker, pipeline_key
 from components.tracking_datasets import split_inputs
 from components.training.artifacts import WEIGHTS, write_model_folder
@@ -53,8 +54,6 @@ from components.training.module import Classifier
 from components.training.preemption import sigterm_raises
 from components.training.speed import (
     check_accelerator,
-    device_kind,
-    resolve_precision,
     resolve_speed,
 )
 from components.training.work_lock import finished_meanwhile, one_training_at_a_time, record_reuse
@@ -92,7 +91,7 @@ def fingerprint(params: Params, arch: Architecture, version: str) -> str:
     number of processes (its position in the epoch counts each rank's shard).
     """
     train = params.train.model_dump(exclude=_SPEED_ONLY)
-    train["precision"] = resolve_precision(params.train.precision, device_kind(params.train.accelerator))
+    train["precision"] = resolve_speed(params.train, arch).precision
     train["devices"] = processes_per_node(params.train)
     payload = {
         "data_version": version,
@@ -137,6 +136,7 @@ class Build:
     stats: Normalization | TextStats  # the train split's normalisation, or the text's vocabulary
     tokenizer: Path | None  # text: the prepared data's tokenizer.json, which travels with the model
     inputs: list[DatasetInput]  # the train and val splits as MLflow dataset inputs (tracking_datasets)
+    privacy: PrivacyPlan | None = None  # DP-SGD's resolved settings; None without privacy
 
 
 def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Path) -> Build:
@@ -146,6 +146,7 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
         require_split(prepared, split, prepared_dir)
     version = data_version(prepared_dir)
     stats = prepared.stats
+    plan = _privacy_plan(params, arch, len(prepared.splits["train"].x))  # before any side effect
     try:
         vocab = stats.vocab_size if isinstance(stats, TextStats) else None
         config = model_config(
@@ -167,15 +168,38 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
         batch_size=params.train.batch_size,
         gradient_clip_val=params.train.gradient_clip_val,
         channels_last=speed.channels_last,
+        privacy=plan,
+        noise_seed=params.train.seed,
     )
     train_split, val_split = prepared.splits["train"], prepared.splits["val"]
+    poisson = (plan.sample_rate, plan.steps_per_epoch) if plan is not None else None
     data = ClassificationData(
-        (train_split.x, train_split.y), (val_split.x, val_split.y), params.train, params.evaluate.batch_size
+        (train_split.x, train_split.y),
+        (val_split.x, val_split.y),
+        params.train,
+        params.evaluate.batch_size,
+        poisson=poisson,
     )
     work_dir = work_root / "train" / f"{arch}-{key[:16]}"
     inputs = split_inputs(params, prepared, prepared_dir, version, ("train", "val"))
     tokenizer = prepared_dir / TOKENIZER if isinstance(stats, TextStats) else None
-    return Build(version, key, work_dir, config, network, module, data, stats, tokenizer, inputs)
+    return Build(version, key, work_dir, config, network, module, data, stats, tokenizer, inputs, plan)
+
+
+def _privacy_plan(params: Params, arch: Architecture, n_train: int) -> PrivacyPlan | None:
+    """``train.privacy`` resolved for ``n_train`` examples, or None without DP; refuses the text
+    transformer (see docs/privacy.md)."""
+    settings = params.train.privacy
+    if not settings.enabled:
+        return None
+    if arch == "transformer" and is_text_source(params.data.source):
+        raise ParamsError(
+            "train.privacy.enabled: the text transformer cannot train with DP-SGD: its encoder has no "
+            "Opacus per-example gradient rule, so Opacus differentiates it per example with torch.func "
+            "vmap, which cannot trace the padding trimmed per batch (a data-dependent shape); "
+            "drop transformer from train.architectures or train it without privacy"
+        )
+    return plan_privacy(settings, n_train, params.train.batch_size, params.train.max_epochs)
 
 
 def open_child_run(
@@ -233,6 +257,14 @@ def record(
     shutil.rmtree(built.work_dir, ignore_errors=True)  # while the caller holds the training lock
 
 
+def log_privacy(run: TrackedRun, privacy: Mapping[str, Any]) -> None:
+    """DP-SGD's figures on the run: the fixed ones as params, all of them as ``privacy_*`` metrics."""
+    fixed = ("delta", "noise_multiplier", "max_grad_norm", "sample_rate", "accountant", "planned_steps")
+    run.log_params({f"privacy.{key}": str(privacy[key]) for key in fixed})
+    numeric = {k: float(v) for k, v in privacy.items() if isinstance(v, int | float)}
+    run.log_metrics({f"privacy_{key}": value for key, value in numeric.items()})
+
+
 def train(
     params: Params,
     arch: Architecture,
@@ -288,5 +320,7 @@ def train(
         weights = checked_weights(fit, built, params, arch, out_dir)
         where = mlflow_record(tracker, run.run_id, parent)
         info = train_info(params, arch, built, fit, weights, code, where).to_json()
+        if info["privacy"] is not None:
+            log_privacy(run, info["privacy"])
         record(run, arch, built, weights, info, out_dir)
     return TrainResult(out_dir, run.run_id, info, global_rank=fit.trainer.global_rank)

@@ -1,0 +1,1 @@
+"""Differentially private training (Opacus DP-SGD) and the membership-inference check."""
