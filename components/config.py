@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import ParamsError
 
@@ -31,6 +39,7 @@ Architecture = Literal["mlp", "cnn", "lstm", "transformer"]
 ALL_ARCHITECTURES: tuple[Architecture, ...] = typing.get_args(Architecture)
 
 PositiveInt = Annotated[int, Field(ge=1)]
+SKIP_SWEEP_CHECK = "skip_sweep_check"  # validation context: the sweep space is not checked
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy's and Lightning's seeding accept
 
 
@@ -379,6 +388,67 @@ class ScheduleParams(Section):
         return value
 
 
+SweepMetric = Literal["val_acc", "val_f1_macro", "val_loss"]
+
+
+class SpaceRange(Section):
+    """A numeric range of a ``sweep.space`` key: an int key draws ints, a float key floats."""
+
+    low: int | float
+    """Smallest value (inclusive); within the key's own bounds."""
+    high: int | float
+    """Largest value (inclusive); within the key's own bounds."""
+    log: bool = False
+    """Draw on a log scale (``low`` must then be > 0)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SpaceRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        return self
+
+
+class SpaceChoices(Section):
+    """Choices of a ``sweep.space`` key: any values the key accepts (lists too)."""
+
+    choices: Annotated[list[Any], Field(min_length=1)]
+    """The values to choose from, each valid for the key."""
+
+
+class SweepParams(Section):
+    """Hyperparameter sweep (read by ``flows.sweep``, not by any DVC stage; docs/sweeps.md)."""
+
+    architecture: Architecture = "mlp"
+    """Architecture whose settings are searched; space keys are ``train.*`` or
+    ``models.<architecture>.*``."""
+    n_trials: PositiveInt = 25
+    """Trials the study holds when done: finished or pruned ones count, failed ones do not. A rerun
+    (or another process on the same study) continues until there are this many."""
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    """Seconds after which this process starts no new trial; ``null``: no limit."""
+    seed: Seed = 0
+    """Seed of the TPE sampler (the trials' training seed is ``train.seed``)."""
+    metric: SweepMetric = "val_acc"
+    """Validation metric to optimise (maximised, ``val_loss`` minimised), at the epoch whose weights
+    training keeps (the lowest validation loss). The test split is never read by a trial."""
+    pruning: bool = True
+    """Stop unpromising trials early (median pruning on the metric, epoch by epoch)."""
+    study_name: Annotated[str, Field(min_length=1)] | None = None
+    """Optuna study name; ``null``: ``<dataset name>-<architecture>``. A rerun with the same name
+    continues the study."""
+    storage: Annotated[str, Field(min_length=1)] | None = None
+    """Optuna storage URL (``postgresql://...`` to share a study between machines); ``null``:
+    ``OPTUNA_STORAGE`` if set, else ``optuna.db`` beside the MLflow SQLite file."""
+    space: dict[str, SpaceRange | SpaceChoices] = {
+        "train.learning_rate": SpaceRange(low=1.0e-4, high=1.0e-2, log=True),
+        "train.batch_size": SpaceChoices(choices=[32, 64, 128, 256]),
+    }
+    """Keys to search (dotted, ``train.*`` or ``models.<architecture>.*``), each a range
+    ``{low, high, log}`` (numeric keys) or ``{choices: [...]}``; each value must be valid for the key."""
+
+
 with warnings.catch_warnings():
     # The section name ``register`` is public; it shadows ``BaseModel.register`` (an ABC class
     # method nobody calls on params), which pydantic warns about.
@@ -393,12 +463,25 @@ with warnings.catch_warnings():
         models: ModelsParams = ModelsParams()
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
+        sweep: SweepParams = SweepParams()
         mlflow: MLflowParams = MLflowParams()
         schedule: ScheduleParams = ScheduleParams()
 
         @model_validator(mode="after")
         def _model_keys_fit_the_input(self) -> Params:
             problems = keys_for_other_input(self.models, self.data.source)
+            if problems:
+                raise ValueError("\n  ".join(problems))
+            return self
+
+        @model_validator(mode="after")
+        def _sweep_space_fits(self, info: ValidationInfo) -> Params:
+            # Each key's values are checked by building Params with them, without this check again.
+            if (info.context or {}).get(SKIP_SWEEP_CHECK):
+                return self
+            from components.sweep.space import space_problems
+
+            problems = space_problems(self)
             if problems:
                 raise ValueError("\n  ".join(problems))
             return self
@@ -512,10 +595,11 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{key}: {message}"
 
 
-def validate_params(raw: Mapping[str, Any], source: str = "params") -> Params:
-    """Validate a raw mapping against the schema; raise :class:`ParamsError` listing every error."""
+def validate_params(raw: Mapping[str, Any], source: str = "params", *, check_sweep: bool = True) -> Params:
+    """Validate a raw mapping against the schema; raise :class:`ParamsError` listing every error.
+    ``check_sweep=False`` skips the sweep space's check (which validates Params per space value)."""
     try:
-        return Params.model_validate(dict(raw))
+        return Params.model_validate(dict(raw), context={SKIP_SWEEP_CHECK: not check_sweep})
     except ValidationError as exc:
         lines = [_describe(error) for error in exc.errors()]
         raise ParamsError(f"{source}: invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -55,7 +55,7 @@ _LONGEST_FIRST = (
 LAYERS = {
     "unit": (
         "test_atomic.py", "test_docs.py", "test_dvc_stage_deps.py", "test_infra.py", "test_metrics.py",
-        "test_models.py", "test_params.py", "test_speed.py", "test_token_models.py",
+        "test_models.py", "test_params.py", "test_speed.py", "test_sweep_space.py", "test_token_models.py",
     ),
     "integration": (
         "test_corrupt_inputs.py", "test_evaluation.py", "test_faults_files.py", "test_gpu.py",
