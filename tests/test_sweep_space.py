@@ -35,7 +35,7 @@ def test_the_default_space_and_a_mixed_space_are_accepted() -> None:
 
 
 # (space, substrings the error must contain: the key and the rule)
-REFUSED = {
+REFUSED: dict[str, tuple[dict[str, Any], list[str]]] = {
     "unknown key": (
         {"train.learning_rat": {"low": 0.1, "high": 0.2}},
         ["sweep.space.train.learning_rat", "unknown key"],
