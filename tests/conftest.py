@@ -67,7 +67,7 @@ LAYERS = {
     "e2e": (
         "test_dependencies.py", "test_distributed.py", "test_dvc_repro.py", "test_faults_concurrency.py",
         "test_faults_kept.py", "test_faults_preemption.py", "test_faults_services.py", "test_flow.py",
-        "test_postgres.py", "test_text_serving.py",
+        "test_postgres.py", "test_sweep_processes.py", "test_text_serving.py",
     ),
 }  # fmt: skip
 _LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
