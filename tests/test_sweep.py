@@ -53,6 +53,8 @@ def test_a_sweep_trains_each_trial_under_one_parent_and_writes_the_winner(
     study = optuna.load_study(study_name="digits-mlp", storage=url)
     assert len(study.get_trials(states=COUNTED)) == 3
     assert seen == [0, 1, 2]
+    # The first trial is params.yaml's own point (learning rate 1e-3, the tiny mlp's [32]).
+    assert study.trials[0].params == {"train.learning_rate": 1e-3, "models.mlp.hidden_sizes": "[32]"}
     assert result.counted == 3
 
     client = MlflowClient(tracking_uri)

@@ -44,7 +44,7 @@ from components.sweep.study import (
     storage_url,
     study_name,
 )
-from components.sweep.trial import Outcome, decoded, run_trial
+from components.sweep.trial import Outcome, decoded, run_trial, starting_point
 from components.tracking import Tracker
 
 SETTINGS_ATTR = "sweep.settings"  # the key of what the study's trials were trained with
@@ -103,6 +103,9 @@ def open_study(params: Params, url: str, version: str) -> tuple[optuna.Study, bo
             study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner
         )
         study.set_user_attr(SETTINGS_ATTR, key)
+        start = starting_point(params)
+        if start is not None:  # the first trial: params.yaml's own values, the point to beat
+            study.enqueue_trial(start)
         return study, True
     except DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -116,8 +119,9 @@ def open_study(params: Params, url: str, version: str) -> tuple[optuna.Study, bo
 
 
 def _pruner(params: Params) -> BasePruner:
-    # Five finished trials before any is pruned, and none before its second epoch ended.
-    return MedianPruner(n_startup_trials=5, n_warmup_steps=1) if params.sweep.pruning else NopPruner()
+    # Five finished trials before any is pruned, and none before its fifth epoch ended: earlier, a
+    # slow starter (a low learning rate, a large batch) loses to a fast one that ends worse.
+    return MedianPruner(n_startup_trials=5, n_warmup_steps=4) if params.sweep.pruning else NopPruner()
 
 
 def _sampler(params: Params, study: optuna.Study) -> TPESampler:

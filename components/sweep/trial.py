@@ -17,7 +17,7 @@ from components.config import Params, SpaceRange
 from components.errors import ParamsError
 from components.sweep.pruning import PruneOnMetric
 from components.sweep.runs import RUN_ATTR, STUDY_TAG, TRIAL_TAG
-from components.sweep.space import with_values
+from components.sweep.space import current_value, with_values
 from components.training.train import train
 
 
@@ -67,6 +67,23 @@ def decoded(params: Params, suggested: dict[str, Any]) -> dict[str, Any]:
         key: json.loads(str(value)) if key in space and _encoded(space[key]) else value
         for key, value in suggested.items()
     }
+
+
+def starting_point(params: Params) -> dict[str, Any] | None:
+    """params.yaml's own value of every space key, as Optuna params, when each lies in the space
+    (within the range, or among the choices); else None."""
+    point: dict[str, Any] = {}
+    for key, spec in params.sweep.space.items():
+        _, value = current_value(params, key)
+        if isinstance(spec, SpaceRange):
+            if not spec.low <= value <= spec.high:
+                return None
+            point[key] = value
+        elif value not in spec.choices:
+            return None
+        else:
+            point[key] = json.dumps(value) if _encoded(spec) else value
+    return point
 
 
 def objective_value(info: dict[str, Any], metric: str) -> float:
