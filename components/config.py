@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import ParamsError
 
@@ -31,6 +39,7 @@ Architecture = Literal["mlp", "cnn", "lstm", "transformer"]
 ALL_ARCHITECTURES: tuple[Architecture, ...] = typing.get_args(Architecture)
 
 PositiveInt = Annotated[int, Field(ge=1)]
+SKIP_SWEEP_CHECK = "skip_sweep_check"  # validation context: the sweep space is not checked
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy's and Lightning's seeding accept
 
 
@@ -446,6 +455,67 @@ class ScheduleParams(Section):
         return value
 
 
+SweepMetric = Literal["val_acc", "val_f1_macro", "val_loss"]
+
+
+class SpaceRange(Section):
+    """A numeric range of a ``sweep.space`` key: an int key draws ints, a float key floats."""
+
+    low: int | float
+    """Smallest value (inclusive); within the key's own bounds."""
+    high: int | float
+    """Largest value (inclusive); within the key's own bounds."""
+    log: bool = False
+    """Draw on a log scale (``low`` must then be > 0)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SpaceRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        return self
+
+
+class SpaceChoices(Section):
+    """Choices of a ``sweep.space`` key: any values the key accepts (lists too)."""
+
+    choices: Annotated[list[Any], Field(min_length=1)]
+    """The values to choose from, each valid for the key."""
+
+
+class SweepParams(Section):
+    """Hyperparameter sweep (read by ``flows.sweep``, not by any DVC stage; docs/sweeps.md)."""
+
+    architecture: Architecture = "mlp"
+    """Architecture whose settings are searched; space keys are ``train.*`` or
+    ``models.<architecture>.*``."""
+    n_trials: PositiveInt = 25
+    """Trials the study holds when done: finished or pruned ones count, failed ones do not. A rerun
+    (or another process on the same study) continues until there are this many."""
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    """Seconds after which this process starts no new trial; ``null``: no limit."""
+    seed: Seed = 0
+    """Seed of the TPE sampler (the trials' training seed is ``train.seed``)."""
+    metric: SweepMetric = "val_acc"
+    """Validation metric to optimise (maximised, ``val_loss`` minimised), at the epoch whose weights
+    training keeps (the lowest validation loss). The test split is never read by a trial."""
+    pruning: bool = True
+    """Stop unpromising trials early (median pruning on the metric, epoch by epoch)."""
+    study_name: Annotated[str, Field(min_length=1)] | None = None
+    """Optuna study name; ``null``: ``<dataset name>-<architecture>``. A rerun with the same name
+    continues the study."""
+    storage: Annotated[str, Field(min_length=1)] | None = None
+    """Optuna storage URL (``postgresql://...`` to share a study between machines); ``null``:
+    ``OPTUNA_STORAGE`` if set, else ``optuna.db`` beside the MLflow SQLite file."""
+    space: dict[str, SpaceRange | SpaceChoices] = {
+        "train.learning_rate": SpaceRange(low=1.0e-4, high=1.0e-2, log=True),
+        "train.batch_size": SpaceChoices(choices=[32, 64, 128, 256]),
+    }
+    """Keys to search (dotted, ``train.*`` or ``models.<architecture>.*``), each a range
+    ``{low, high, log}`` (numeric keys) or ``{choices: [...]}``; each value must be valid for the key."""
+
+
 with warnings.catch_warnings():
     # The section name ``register`` is public; it shadows ``BaseModel.register`` (an ABC class
     # method nobody calls on params), which pydantic warns about.
@@ -460,6 +530,7 @@ with warnings.catch_warnings():
         models: ModelsParams = ModelsParams()
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
+        sweep: SweepParams = SweepParams()
         mlflow: MLflowParams = MLflowParams()
         schedule: ScheduleParams = ScheduleParams()
 
@@ -469,6 +540,100 @@ with warnings.catch_warnings():
             if problems:
                 raise ValueError("\n  ".join(problems))
             return self
+
+        @model_validator(mode="after")
+        def _sweep_space_fits(self, info: ValidationInfo) -> Params:
+            # Each key's values are checked by building Params with them, without this check again.
+            if (info.context or {}).get(SKIP_SWEEP_CHECK):
+                return self
+            problems = space_problems(self)
+            if problems:
+                raise ValueError("\n  ".join(problems))
+            return self
+
+
+# The sweep space's check lives here, not in components/sweep: every stage validates params.yaml,
+# so every stage runs it (and DVC lists this file, not the sweep package, among their deps).
+
+
+def current_value(params: Params, key: str) -> tuple[bool, Any]:
+    """(found, value) of the dotted ``key`` in ``params``; not found when a part is not a field."""
+    node: Any = params
+    for part in key.split("."):
+        fields = getattr(type(node), "model_fields", None)
+        if fields is None or part not in fields:
+            return False, None
+        node = getattr(node, part)
+    return not hasattr(type(node), "model_fields"), node  # a whole section is not a key
+
+
+def with_values(params: Params, values: dict[str, Any], source: str) -> Params:
+    """``params`` with dotted-key ``values`` set, validated by the schema (sweep space unchecked)."""
+    raw = apply_overrides(params.model_dump(mode="json"), values)
+    return validate_params(raw, source=source, check_sweep=False)
+
+
+def _value_problem(params: Params, key: str, value: Any) -> str | None:
+    try:
+        with_values(params, {key: value}, source="sweep")
+    except ParamsError as exc:
+        lines = str(exc).splitlines()[1:]  # the schema's lines, without the "invalid settings" header
+        reasons = [line.strip() for line in lines if line.strip().startswith(key)] or [
+            line.strip() for line in lines
+        ]
+        return "; ".join(reasons)
+    return None
+
+
+def _range_problems(params: Params, key: str, value: Any, spec: SpaceRange) -> list[str]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        held = json.dumps(value)
+        return [f"sweep.space.{key}: a range needs a numeric key (it holds {held}); give choices"]
+    if isinstance(value, int) and not (isinstance(spec.low, int) and isinstance(spec.high, int)):
+        return [f"sweep.space.{key}: an integer key needs integer low and high (got {spec.low}, {spec.high})"]
+    problems = []
+    for end, bound in (("low", spec.low), ("high", spec.high)):
+        checked = float(bound) if isinstance(value, float) else bound
+        problem = _value_problem(params, key, checked)
+        if problem:
+            problems.append(f"sweep.space.{key}: {end} {bound} is outside the key's own bounds ({problem})")
+    return problems
+
+
+def _choice_problems(params: Params, key: str, spec: SpaceChoices) -> list[str]:
+    encoded = [json.dumps(choice) for choice in spec.choices]
+    if len(set(encoded)) < len(encoded):
+        return [f"sweep.space.{key}: choices repeat a value ({', '.join(encoded)})"]
+    problems = []
+    for choice in spec.choices:
+        problem = _value_problem(params, key, choice)
+        if problem:
+            problems.append(f"sweep.space.{key}: choice {json.dumps(choice)} is refused ({problem})")
+    return problems
+
+
+def space_problems(params: Params) -> list[str]:
+    """One line per refused ``sweep.space`` key, naming it: unknown, outside ``train.*`` and
+    ``models.<sweep.architecture>.*``, a range on a non-numeric key or beyond the key's bounds, or a
+    choice the key refuses."""
+    arch = params.sweep.architecture
+    allowed = ("train.", f"models.{arch}.")
+    problems = []
+    for key, spec in params.sweep.space.items():
+        if key == "train.architectures" or not key.startswith(allowed):
+            problems.append(
+                f"sweep.space.{key}: only train.* (not train.architectures) and models.{arch}.* keys "
+                f"can be searched (sweep.architecture: {arch})"
+            )
+            continue
+        found, value = current_value(params, key)
+        if not found:
+            problems.append(f"sweep.space.{key}: unknown key (see docs/params.md)")
+        elif isinstance(spec, SpaceRange):
+            problems.extend(_range_problems(params, key, value, spec))
+        else:
+            problems.extend(_choice_problems(params, key, spec))
+    return problems
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -579,10 +744,11 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{key}: {message}"
 
 
-def validate_params(raw: Mapping[str, Any], source: str = "params") -> Params:
-    """Validate a raw mapping against the schema; raise :class:`ParamsError` listing every error."""
+def validate_params(raw: Mapping[str, Any], source: str = "params", *, check_sweep: bool = True) -> Params:
+    """Validate a raw mapping against the schema; raise :class:`ParamsError` listing every error.
+    ``check_sweep=False`` skips the sweep space's check (which validates Params per space value)."""
     try:
-        return Params.model_validate(dict(raw))
+        return Params.model_validate(dict(raw), context={SKIP_SWEEP_CHECK: not check_sweep})
     except ValidationError as exc:
         lines = [_describe(error) for error in exc.errors()]
         raise ParamsError(f"{source}: invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -70,6 +70,11 @@ def _literal(value: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, list | tuple):
         return "`[" + ", ".join(_literal(v).strip("`") for v in value) + "]`"
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, dict):  # a mapping (sweep.space) in YAML flow style
+        items = (f"{k}: {_literal(v).strip('`')}" for k, v in value.items())
+        return "`{" + ", ".join(items) + "}`"
     return f"`{value}`"
 
 

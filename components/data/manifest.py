@@ -65,10 +65,13 @@ def write_file_manifest(folder: Path, stage: str, names: Sequence[str]) -> dict[
     return manifest
 
 
-def read_manifest(folder: Path, stage: str, required: Sequence[str] = ()) -> dict[str, Any]:
+def read_manifest(
+    folder: Path, stage: str, required: Sequence[str] = (), splits: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Load ``folder/manifest.json`` written by ``stage``, check its structure, and check the sha256
     of every file it lists (the splits, ``files``, and :data:`HASHED_FILES` such as ``stats.json``).
     ``required``: file names the manifest must list under ``files`` (the ones the caller reads).
+    ``splits``: check only these splits' files (training never opens the test split); None: all.
 
     Every way for it to be wrong (missing, not JSON, a key missing or of the wrong type, a listed
     file missing or changed) is a :class:`DataValidationError` naming the file, not a traceback.
@@ -87,7 +90,8 @@ def read_manifest(folder: Path, stage: str, required: Sequence[str] = ()) -> dic
         if name not in manifest.get("files", {}):
             raise DataValidationError(path, f"must list {name} and its sha256 under 'files'")
     for name, entry in manifest.get("splits", {}).items():
-        _check_hash(folder / entry["file"], entry["sha256"], path, stage, f"for split {name!r}")
+        if splits is None or name in splits:
+            _check_hash(folder / entry["file"], entry["sha256"], path, stage, f"for split {name!r}")
     for name, expected in manifest.get("files", {}).items():
         _check_hash(folder / name, expected, path, stage, "")
     for key, file_name in (TEXT_HASHED_FILES if is_text(manifest) else HASHED_FILES).get(stage, {}).items():

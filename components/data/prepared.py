@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,17 @@ class PreparedData:
     manifest: dict[str, Any]
 
 
-def load_prepared(folder: Path | str) -> PreparedData:
+def load_prepared(folder: Path | str, only: Sequence[str] | None = None) -> PreparedData:
     """Load and hash-check ``folder`` (the preprocess output): every split file and ``stats.json``
     must match the sha256 in its manifest, so an edited normalisation or class list is refused
-    (for text, ``tokenizer.json`` too)."""
+    (for text, ``tokenizer.json`` too). ``only``: load (and check) just these splits, so that
+    training never opens the test split; None: every split."""
     folder = Path(folder)
-    manifest = read_manifest(folder, "preprocess")
+    manifest = read_manifest(folder, "preprocess", splits=only)
     splits = {}
     for name, entry in manifest["splits"].items():
+        if only is not None and name not in only:
+            continue
         file = folder / entry["file"]
         arrays = load_arrays(file, required=("x", "y", "labels"))
         texts = (

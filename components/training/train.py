@@ -141,7 +141,7 @@ class Build:
 
 def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Path) -> Build:
     """Read the prepared splits and build the seeded network, its LightningModule and the batches."""
-    prepared = load_prepared(prepared_dir)
+    prepared = load_prepared(prepared_dir, only=("train", "val"))  # never the test split
     for split in ("train", "val"):
         require_split(prepared, split, prepared_dir)
     version = data_version(prepared_dir)

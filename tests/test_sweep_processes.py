@@ -1,0 +1,130 @@
+"""Sweep processes for real: one killed mid-trial and run again, and two sharing one study. Either
+way the study ends with exactly n_trials finished or pruned trials and no trial trained twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from components.sweep.runs import TRIAL_TAG
+from components.sweep.study import COUNTED
+from tests.conftest import REPO, tiny_params
+
+DEADLINE_S = 180.0  # generous: the machine may be busy; the polls end as soon as the state is seen
+
+
+def _params_file(folder: Path, study: str, n_trials: int, max_epochs: int) -> Path:
+    raw = tiny_params(max_epochs=max_epochs, early_stopping_patience=0)
+    raw["sweep"] = {
+        "architecture": "mlp",
+        "n_trials": n_trials,
+        "pruning": False,
+        "study_name": study,
+        "space": {"train.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
+    }
+    path = folder / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _start(project: Path, params_file: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.sweep",
+            "--no-prefect",
+            "--project-root",
+            str(project),
+            "--params",
+            str(params_file),
+        ],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _storage(tracking_uri: str) -> str:
+    return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).parent / 'optuna.db'}"
+
+
+def _poll(condition: object, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        found = optuna.load_study(study_name=study, storage=url)
+    except KeyError:  # not created yet
+        return []
+    return found.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def _trained_trials(tracking_uri: str, study: str) -> Counter[int]:
+    """How many MLflow runs of ``study`` ended FINISHED per trial number."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`sweep.study` = '{study}' and attributes.status = 'FINISHED'",
+    )
+    return Counter(int(r.data.tags[TRIAL_TAG]) for r in runs if TRIAL_TAG in r.data.tags)
+
+
+def test_a_sweep_killed_mid_trial_continues_when_run_again(
+    digits_project: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    study, url = "killed", _storage(tracking_uri)
+    params_file = _params_file(tmp_path, study, n_trials=3, max_epochs=3)
+    first = _start(digits_project, params_file)
+    _poll(lambda: _running(url, study) or first.poll() is not None, "a RUNNING trial")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed = [t.number for t in _running(url, study)]
+    assert len(killed) == 1, first.stdout.read() if first.stdout else ""
+
+    second = _start(digits_project, params_file)
+    output, _ = second.communicate(timeout=DEADLINE_S)
+    assert second.returncode == 0, output
+
+    trials = optuna.load_study(study_name=study, storage=url).get_trials()
+    assert len([t for t in trials if t.state in COUNTED]) == 3
+    assert [t.state for t in trials if t.number == killed[0]] == [TrialState.FAIL]
+    trained = _trained_trials(tracking_uri, study)
+    assert killed[0] not in trained  # the killed trial was not trained again
+    assert sorted(trained.values()) == [1, 1, 1]  # each counted trial trained once
+
+
+def test_two_processes_on_one_study_finish_n_trials_between_them(
+    digits_project: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    study, url = "shared", _storage(tracking_uri)
+    params_file = _params_file(tmp_path, study, n_trials=4, max_epochs=1)
+    processes = [_start(digits_project, params_file) for _ in range(2)]
+    outputs = [p.communicate(timeout=DEADLINE_S)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+
+    trials = optuna.load_study(study_name=study, storage=url).get_trials()
+    assert len([t for t in trials if t.state in COUNTED]) == 4
+    refused = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs.get("sweep.failed") == "not run: the study was full" for t in refused)
+    trained = _trained_trials(tracking_uri, study)
+    assert sorted(trained) == sorted(t.number for t in trials if t.state in COUNTED)
+    assert set(trained.values()) == {1}
