@@ -88,11 +88,13 @@ def _trained_trials(tracking_uri: str, study: str) -> Counter[int]:
     return Counter(int(r.data.tags[TRIAL_TAG]) for r in runs if TRIAL_TAG in r.data.tags)
 
 
-def test_a_sweep_killed_mid_trial_continues_when_run_again(
+def test_a_sweep_killed_mid_trial_is_finished_by_two_processes_sharing_its_study(
     digits_project: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
+    """SIGKILL once a trial runs; then two processes continue the same study at once: it ends with
+    exactly n_trials counted trials, the killed one failed and never trained, none trained twice."""
     study, url = "killed", _storage(tracking_uri)
-    params_file = _params_file(tmp_path, study, n_trials=3, max_epochs=3)
+    params_file = _params_file(tmp_path, study, n_trials=4, max_epochs=2)
     first = _start(digits_project, params_file)
     _poll(lambda: _running(url, study) or first.poll() is not None, "a RUNNING trial")
     first.send_signal(signal.SIGKILL)
@@ -100,31 +102,17 @@ def test_a_sweep_killed_mid_trial_continues_when_run_again(
     killed = [t.number for t in _running(url, study)]
     assert len(killed) == 1, first.stdout.read() if first.stdout else ""
 
-    second = _start(digits_project, params_file)
-    output, _ = second.communicate(timeout=DEADLINE_S)
-    assert second.returncode == 0, output
-
-    trials = optuna.load_study(study_name=study, storage=url).get_trials()
-    assert len([t for t in trials if t.state in COUNTED]) == 3
-    assert [t.state for t in trials if t.number == killed[0]] == [TrialState.FAIL]
-    trained = _trained_trials(tracking_uri, study)
-    assert killed[0] not in trained  # the killed trial was not trained again
-    assert sorted(trained.values()) == [1, 1, 1]  # each counted trial trained once
-
-
-def test_two_processes_on_one_study_finish_n_trials_between_them(
-    digits_project: Path, tracking_uri: str, tmp_path: Path
-) -> None:
-    study, url = "shared", _storage(tracking_uri)
-    params_file = _params_file(tmp_path, study, n_trials=4, max_epochs=1)
     processes = [_start(digits_project, params_file) for _ in range(2)]
     outputs = [p.communicate(timeout=DEADLINE_S)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
 
     trials = optuna.load_study(study_name=study, storage=url).get_trials()
-    assert len([t for t in trials if t.state in COUNTED]) == 4
-    refused = [t for t in trials if t.state == TrialState.FAIL]
+    counted = sorted(t.number for t in trials if t.state in COUNTED)
+    assert len(counted) == 4
+    assert [t.state for t in trials if t.number == killed[0]] == [TrialState.FAIL]
+    refused = [t for t in trials if t.state == TrialState.FAIL and t.number != killed[0]]
     assert all(t.user_attrs.get("sweep.failed") == "not run: the study was full" for t in refused)
     trained = _trained_trials(tracking_uri, study)
-    assert sorted(trained) == sorted(t.number for t in trials if t.state in COUNTED)
-    assert set(trained.values()) == {1}
+    assert killed[0] not in trained  # the killed trial was not trained again
+    assert sorted(trained) == counted
+    assert set(trained.values()) == {1}  # each counted trial trained once
