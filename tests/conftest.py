@@ -54,7 +54,7 @@ _LONGEST_FIRST = (
 # processes, signals and servers (dvc repro, the flow CLI, mlflow/prefect servers, PostgreSQL).
 LAYERS = {
     "unit": (
-        "test_atomic.py", "test_docs.py", "test_dvc_stage_deps.py", "test_infra.py", "test_metrics.py",
+        "test_atomic.py", "test_compress_params.py", "test_docs.py", "test_dvc_stage_deps.py", "test_infra.py", "test_metrics.py",
         "test_models.py", "test_params.py", "test_speed.py", "test_token_models.py",
     ),
     "integration": (
