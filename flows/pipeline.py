@@ -1,4 +1,4 @@
-"""The pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate -> compress) x arch -> register.
+"""The pipeline as a Prefect flow: ingest -> preprocess -> (train -> evaluate -> compress) x arch -> register.
 
 Wiring only: every task calls the component function its DVC stage calls, and the flow follows
 ``dvc.yaml``'s DAG (:func:`stage_dag`; a test compares the two). Stages run one after another in the
