@@ -121,3 +121,35 @@ def test_a_compression_losing_too_much_is_rejected_with_figures_and_no_model(
     static = _compress(digits_project, "mlp", method="static_int8")
     assert static["accepted"] is False
     assert "image cnn only" in static["reason"]
+
+
+def test_an_accepted_compressed_cnn_is_registered_tagged_and_predicts_on_raw_pixels(
+    digits_project: Path, models: Path
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from components.data.prepared import load_prepared
+    from components.registry.register import raw_pixels, register_all
+
+    _compress(digits_project, "cnn", method="static_int8", max_accuracy_drop=1.0)
+    settings = {**tiny_params(max_epochs=1), "compress": {"max_accuracy_drop": 1.0}}
+    settings["train"]["architectures"] = ["cnn"]
+    params = validate_params(settings)
+    prepared = digits_project / "data" / "prepared"
+    report = register_all(params, models, prepared, digits_project / "reports" / "registration.json",
+                          project_root=digits_project)  # fmt: skip
+    decisions = report["decisions"]
+    assert [d["architecture"] for d in decisions] == ["cnn", "cnn-compressed"]
+    name, version = decisions[1]["model_name"], decisions[1]["version"]
+    tags = MlflowClient().get_model_version(name, version).tags
+    assert tags["compression"] == "static_int8"
+    assert tags["architecture"] == "cnn"
+    again = register_all(params, models, prepared, digits_project / "reports" / "again.json",
+                         project_root=digits_project)  # fmt: skip
+    assert [d["version"] for d in again["decisions"]] == [d["version"] for d in decisions]  # idempotent
+    data = load_prepared(prepared)
+    test = data.splits["test"]
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(raw_pixels(test, data.stats))
+    compressed = load_compressed(compressed_folder(models, "cnn"), load_trained_model(models / "cnn")).model
+    assert served["class_id"].tolist() == _classes(compressed, torch.from_numpy(test.x))
