@@ -80,6 +80,7 @@ def test_auto_compression_shrinks_the_model_and_stores_int8_without_pickle(
 
 
 def _prepared(root: Path):  # type: ignore[no-untyped-def]
+    from components.data.normalize import Normalization
     from components.data.prepared import load_prepared
 
     return load_prepared(root / "data" / "prepared")
@@ -129,6 +130,7 @@ def test_an_accepted_compressed_cnn_is_registered_tagged_and_predicts_on_raw_pix
     import mlflow
     from mlflow import MlflowClient
 
+    from components.data.normalize import Normalization
     from components.data.prepared import load_prepared
     from components.registry.register import raw_pixels, register_all
 
@@ -150,6 +152,7 @@ def test_an_accepted_compressed_cnn_is_registered_tagged_and_predicts_on_raw_pix
     assert [d["version"] for d in again["decisions"]] == [d["version"] for d in decisions]  # idempotent
     data = load_prepared(prepared)
     test = data.splits["test"]
+    assert isinstance(data.stats, Normalization)
     served = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(raw_pixels(test, data.stats))
     compressed = load_compressed(compressed_folder(models, "cnn"), load_trained_model(models / "cnn")).model
     assert served["class_id"].tolist() == _classes(compressed, torch.from_numpy(test.x))
