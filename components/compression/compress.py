@@ -72,6 +72,7 @@ def compress(
     text = trained.config.vocab_size is not None
     method = chosen_method(params.compress.method, arch, text)
     report: dict[str, Any] = {"architecture": arch, "method": method, "threads": torch.get_num_threads()}
+    report["model_fingerprint"] = trained.info.get("fingerprint")  # which float model (the summary checks)
     problem = _not_applicable(method, arch, text)
     tensors: dict[str, torch.Tensor] = {}
     if problem is None:
