@@ -59,7 +59,8 @@ def main(
     preprocess(base.preprocess, root / "data" / "raw", prepared)
     print(f"data={data} threads={torch.get_num_threads()} workdir={root}", flush=True)
     print(
-        "| arch | method | float acc | acc drop (points) | size | size ratio | b256 speed-up | b1 ms float -> compressed |"
+        "| arch | method | float acc | acc drop (points) | size | size ratio | b256 speed-up "
+        "| b1 ms float -> compressed |"
     )
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for name in arch or list(ALL_ARCHITECTURES):

@@ -80,7 +80,6 @@ def test_auto_compression_shrinks_the_model_and_stores_int8_without_pickle(
 
 
 def _prepared(root: Path):  # type: ignore[no-untyped-def]
-    from components.data.normalize import Normalization
     from components.data.prepared import load_prepared
 
     return load_prepared(root / "data" / "prepared")
