@@ -61,9 +61,9 @@ LAYERS = {
     "integration": (
         "test_compress.py", "test_corrupt_inputs.py", "test_evaluation.py", "test_faults_files.py",
         "test_gpu.py", "test_mlflow_datasets.py", "test_model_behaviour.py", "test_orchestration.py",
-        "test_preprocess.py", "test_real_mnist.py", "test_registry.py", "test_sources.py", "test_summary.py", "test_text_data.py",
-        "test_text_behaviour.py", "test_text_evaluation.py", "test_text_registry.py", "test_tracking.py",
-        "test_training.py",
+        "test_preprocess.py", "test_real_mnist.py", "test_registry.py", "test_sources.py", "test_summary.py",
+        "test_text_data.py", "test_text_behaviour.py", "test_text_evaluation.py", "test_text_registry.py",
+        "test_tracking.py", "test_training.py",
     ),
     "e2e": (
         "test_dependencies.py", "test_distributed.py", "test_dvc_repro.py", "test_faults_concurrency.py",
