@@ -155,3 +155,41 @@ def test_an_accepted_compressed_cnn_is_registered_tagged_and_predicts_on_raw_pix
     served = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(raw_pixels(test, data.stats))
     compressed = load_compressed(compressed_folder(models, "cnn"), load_trained_model(models / "cnn")).model
     assert served["class_id"].tolist() == _classes(compressed, torch.from_numpy(test.x))
+
+
+def test_a_text_lstm_compresses_to_int8_and_serves_raw_text(tmp_path: Path, tracking_uri: str) -> None:
+    """Token models: the embedding stays float, the LSTM and Linear layers become int8, and the
+    registered version takes raw strings like the float one."""
+    import mlflow
+    import pandas as pd
+
+    from components.registry.register import register_all
+    from tests.textproject import prepare_text_project
+
+    project = prepare_text_project(tmp_path)
+    settings = project.params.model_dump(mode="json")
+    settings["train"]["architectures"] = ["lstm"]
+    settings["train"]["max_epochs"] = 2
+    settings["models"]["lstm"].update(hidden_size=16, dense_size=16, embedding_dim=16)
+    settings["compress"].update(method="dynamic_int8", max_accuracy_drop=1.0)  # auto: none for the lstm
+    params = validate_params(settings)
+    models = tmp_path / "models"
+    train(
+        params, "lstm", project.prepared, models / "lstm", work_root=tmp_path / ".work", project_root=tmp_path
+    )
+    report = compress(params, "lstm", project.prepared, models / "lstm", compressed_folder(models, "lstm"),
+                      tmp_path / "reports" / "lstm" / "compression.json", project_root=tmp_path)  # fmt: skip
+    assert report["method"] == "dynamic_int8"
+    assert report["accepted"] is True
+    card = json.loads((compressed_folder(models, "lstm") / "compression.json").read_text())
+    assert list(card["layout"]["lstm"]) == ["lstm"]  # the LSTM's int8 weights, stored by name
+    registration = register_all(
+        params, models, project.prepared, tmp_path / "registration.json", project_root=tmp_path
+    )
+    compressed = registration["decisions"][1]
+    assert compressed["architecture"] == "lstm-compressed"
+    test = _prepared(tmp_path).splits["test"]
+    served = mlflow.pyfunc.load_model(f"models:/{compressed['model_name']}/{compressed['version']}")
+    rows = served.predict(pd.DataFrame({"text": test.texts}))
+    in_memory = load_compressed(compressed_folder(models, "lstm"), load_trained_model(models / "lstm")).model
+    assert rows["class_id"].tolist() == _classes(in_memory, torch.from_numpy(test.x))
