@@ -24,7 +24,14 @@ def prune_and_finetune(
     """Zero the ``amount`` smallest-magnitude weights of every Linear/Conv layer (ranked across
     layers), fine-tune ``epochs`` on ``x`` (N, ...) / ``labels`` (N,) with the masks held, then fold
     the masks into the weights. ``network`` is changed in place and returned in eval mode."""
-    layers = [(module, "weight") for module in network.modules() if isinstance(module, PRUNABLE)]
+    # Attention reads its out_proj weight directly, never calling the layer's forward, where the
+    # pruning mask is applied: pruning it would keep one stale masked tensor across steps.
+    skipped = {id(m.out_proj) for m in network.modules() if isinstance(m, nn.MultiheadAttention)}
+    layers = [
+        (module, "weight")
+        for module in network.modules()
+        if isinstance(module, PRUNABLE) and id(module) not in skipped
+    ]
     prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
     if epochs > 0 and len(x):
         _finetune(network, epochs, x, labels, batch_size, learning_rate, seed)
