@@ -391,6 +391,30 @@ class EvaluateParams(Section):
     """Inference batch size for test metrics and latency."""
 
 
+CompressMethod = Literal["auto", "dynamic_int8", "static_int8", "prune", "none"]
+
+
+class CompressParams(Section):
+    """Compression settings (read by the ``compress@<arch>`` stage; see docs/compression.md)."""
+
+    method: CompressMethod = "auto"
+    """``auto`` (per architecture, from the measurements in docs/compression.md: static int8 for the
+    image cnn, dynamic int8 for the mlp, the transformer and the text cnn, none for the lstm),
+    ``dynamic_int8`` (int8 Linear/LSTM weights, activations quantised per batch), ``static_int8``
+    (int8 convolutions and activations calibrated on training images; image ``cnn`` only),
+    ``prune`` (magnitude pruning with a short fine-tune) or ``none`` (no compressed model)."""
+    prune_amount: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """``prune``: fraction of the Linear/Conv weights set to zero (smallest magnitudes, all layers
+    together)."""
+    finetune_epochs: Annotated[int, Field(ge=0)] = 1
+    """``prune``: epochs of fine-tuning on the training split with the pruned weights held at zero."""
+    calibration_batches: PositiveInt = 4
+    """``static_int8``: training-split batches of 256 images the activation ranges are measured on."""
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+    """Largest test-accuracy loss (a fraction: 0.005 = half a point) for the compressed model to be
+    accepted and registered."""
+
+
 class RegisterParams(Section):
     """Model-registry settings (read by the ``register`` stage)."""
 
@@ -530,6 +554,7 @@ with warnings.catch_warnings():
         models: ModelsParams = ModelsParams()
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
+        compress: CompressParams = CompressParams()
         sweep: SweepParams = SweepParams()
         mlflow: MLflowParams = MLflowParams()
         schedule: ScheduleParams = ScheduleParams()

@@ -1,4 +1,4 @@
-"""The whole pipeline as one Prefect flow: ingest -> preprocess -> (train -> evaluate) x arch -> register.
+"""The pipeline as a Prefect flow: ingest -> preprocess -> (train -> evaluate -> compress) x arch -> register.
 
 Wiring only: every task calls the component function its DVC stage calls, and the flow follows
 ``dvc.yaml``'s DAG (:func:`stage_dag`; a test compares the two). Stages run one after another in the
@@ -68,12 +68,15 @@ NOTHING_RAN_TAGS = {
 
 def stage_dag(architectures: list[Architecture]) -> dict[str, list[str]]:
     """Each stage after the data stages, in the order the flow runs them, with the stages it needs:
-    ``dvc.yaml``'s edges (``register`` reads every model folder, not the reports)."""
+    ``dvc.yaml``'s edges (``register`` reads every model folder, compressed ones included, not the
+    reports)."""
     dag: dict[str, list[str]] = {"ingest": [], "preprocess": ["ingest"]}
     for arch in architectures:
         dag[f"train@{arch}"] = ["preprocess"]
         dag[f"evaluate@{arch}"] = ["preprocess", f"train@{arch}"]
-    dag["register"] = ["preprocess", *(f"train@{arch}" for arch in architectures)]
+        dag[f"compress@{arch}"] = ["preprocess", f"train@{arch}", f"evaluate@{arch}"]
+    trained = [f"train@{arch}" for arch in architectures]
+    dag["register"] = ["preprocess", *trained, *(f"compress@{arch}" for arch in architectures)]
     return dag
 
 

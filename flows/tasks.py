@@ -122,6 +122,18 @@ def evaluate_task(run: PipelineRun, arch: Architecture) -> bool:
     return run_unless_up_to_date(run.dvc, f"evaluate@{arch}", body)
 
 
+@task(name="compress", task_run_name="compress[{arch}]", **RETRY)
+def compress_task(run: PipelineRun, arch: Architecture) -> bool:
+    from components.compression.compress import compress
+
+    def body() -> None:
+        model, out = run.path(f"{MODELS}/{arch}"), run.path(f"{MODELS}/{arch}-compressed")
+        report = run.path(f"{REPORTS}/{arch}/compression.json")
+        compress(run.params, arch, run.path(PREPARED), model, out, report, project_root=run.root)
+
+    return run_unless_up_to_date(run.dvc, f"compress@{arch}", body)
+
+
 @task(name="register", **RETRY)
 def register_task(run: PipelineRun) -> dict[str, Any]:
     """The ``register`` stage (every architecture, then ``reports/registration.json``), recorded in
@@ -145,6 +157,7 @@ def register_task(run: PipelineRun) -> dict[str, Any]:
 STAGE_TASKS: dict[str, Task[..., Any]] = {
     "train": train_task,
     "evaluate": evaluate_task,
+    "compress": compress_task,
     "register": register_task,
 }
 DATA_STAGES = ("ingest", "preprocess")  # run first, outside run_stages: everything needs them

@@ -31,6 +31,7 @@ REQUIRED_KEYS: dict[str, dict[str, type]] = {
         "splits": dict,
     },
     "train": {"files": dict},
+    "compress": {"files": dict},  # a compressed model folder (components/compression/folder.py)
 }
 """Top-level keys (and their JSON types) that the readers of each stage's manifest rely on."""
 

@@ -19,6 +19,7 @@ from components.evaluation.evaluate import METRICS, REPORT
 from components.hashing import sha256_file
 from components.training.artifacts import TRAIN_INFO, WEIGHTS, read_train_info
 
+COMPRESSION_REPORT = "compression.json"  # written by compress@<arch> beside the evaluation's reports
 # What a hand-edited or truncated registration.json raises while it is read.
 _UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError)
 _NOT_RECORDED = object()  # a report without a readable fingerprint: never equal to the model's
@@ -55,6 +56,40 @@ def _metric_cells(metrics_file: Path) -> tuple[str, str, str]:
         ) from None
     accuracy, f1_macro, samples_per_second = figures
     return f"{accuracy:.4f}", f"{f1_macro:.4f}", f"{samples_per_second:,.0f}"
+
+
+def size_text(size: float) -> str:
+    """Bytes as B, KB or MB (powers of 1000)."""
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.0f} {unit}" if size >= 10 * scale else f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def compression_cells(report_file: Path, info: dict[str, Any], arch: str) -> tuple[str, str]:
+    """``compressed size`` ("45 KB (3.9x)") and ``compressed acc`` (✗ when rejected) from
+    ``reports/<arch>/compression.json``; "—" where there is no compressed model to show."""
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "—", "—"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"unreadable: {exc!r}", ""
+    if report.get("model_fingerprint", _NOT_RECORDED) != info.get("fingerprint"):
+        return stale(f"compress@{arch}"), ""
+    before, after = report.get("before"), report.get("after")
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return "—", f"✗ {report.get('method', '')}".strip()
+    try:
+        size, ratio, accuracy = (
+            after["size_bytes"],
+            before["size_bytes"] / after["size_bytes"],
+            after["accuracy"],
+        )
+        mark = "" if report.get("accepted") is True else " ✗"
+        return f"{size_text(size)} ({ratio:.1f}x)", f"{accuracy:.4f}{mark}"
+    except (KeyError, TypeError, ZeroDivisionError) as exc:
+        return f"unreadable: {exc!r}", ""
 
 
 def _evaluated_current_model(report_file: Path, info: dict[str, Any]) -> bool:
@@ -127,9 +162,9 @@ def results_table(
     reports_root: Path | str,
     registration: Path | str | None = None,
 ) -> Table:
-    """One row per architecture: test accuracy, macro-F1, size, training and inference speed, the ε
-    spent (DP models; ``—`` otherwise), and its registered version (``champion`` marked) when
-    ``registration`` (registration.json) exists.
+    """One row per architecture: test accuracy, macro-F1, the compressed model's size and accuracy,
+    size, training and inference speed, the ε spent (DP models; ``—`` otherwise), and its registered
+    version (``champion`` marked) when ``registration`` (registration.json) exists.
 
     Test figures of an older model than ``models/<arch>/`` holds read ``stale: re-run
     evaluate@<arch>``, and a version registered from other weights ``stale: re-run register``.
@@ -146,6 +181,8 @@ def results_table(
         ("architecture", "left"),
         ("accuracy", "right"),
         ("macro-F1", "right"),
+        ("compressed size", "right"),
+        ("compressed acc", "right"),
         ("parameters", "right"),
         ("epochs", "right"),
         ("fit time", "right"),
@@ -157,7 +194,7 @@ def results_table(
     for arch in architectures:
         report_dir, model_dir = Path(reports_root) / arch, Path(models_root) / arch
         if not (report_dir / METRICS).is_file() or not (model_dir / TRAIN_INFO).is_file():
-            table.add_row(arch, "not evaluated yet", "", "", "", "", "", "", "")
+            table.add_row(arch, "not evaluated yet")  # rich leaves the other cells empty
             continue
         try:  # one bad file spoils its row, not the whole table
             info = read_train_info(model_dir / TRAIN_INFO)
@@ -166,8 +203,10 @@ def results_table(
             else:
                 accuracy, f1_macro, speed = stale(f"evaluate@{arch}"), "", ""
         except DataValidationError as exc:
-            table.add_row(arch, f"unreadable: {exc}", "", "", "", "", "", "", "")
+            table.add_row(arch, f"unreadable: {exc}")
             continue
         registered = _registered_cell(versions.get(arch), model_dir / WEIGHTS)
-        table.add_row(arch, accuracy, f1_macro, *_train_cells(info), speed, privacy_cell(info), registered)
+        compressed = compression_cells(report_dir / COMPRESSION_REPORT, info, arch)
+        row = (accuracy, f1_macro, *compressed, *_train_cells(info), speed, privacy_cell(info), registered)
+        table.add_row(arch, *row)
     return table

@@ -33,6 +33,11 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 NETWORKS_DIR = Path(__file__).resolve().parents[1] / "models"  # torch-only; copied into every model
 # The one text -> ids function (tokenizers and NumPy only), copied into every text model.
 ENCODING_FILE = Path(__file__).resolve().parents[1] / "data" / "tokenize.py"
+# The compressed models' transforms and pickle-free storage (torch only), copied into each one.
+CODEC_FILE = Path(__file__).resolve().parents[1] / "compression" / "codec.py"
+COMPRESSION = (
+    "compression.json"  # components.compression.folder's name, repeated: that module imports torch-heavy code
+)
 # The load-time settings the wrapper reads (pyfunc_model.py), with their defaults.
 WRAPPER_CONFIG = {"device": "auto", "check_pixel_range": True}
 TEXT_WRAPPER_CONFIG = {"device": "auto"}  # no pixels, no range to check
@@ -119,6 +124,10 @@ def _model_kind(trained: Any, networks: Path, tmp: Path) -> dict[str, Any]:
         "stats": str(folder / STATS),
         "manifest": str(folder / MANIFEST),
     }
+    if (folder / COMPRESSION).is_file():  # a compressed model: its card and the code that rebuilds it
+        codec = tmp / "codec.py"
+        shutil.copyfile(CODEC_FILE, codec)
+        artifacts |= {"compression": str(folder / COMPRESSION), "codec": str(codec)}
     requirements = [
         f"torch=={torch.__version__.split('+')[0]}",
         f"mlflow=={mlflow.__version__}",

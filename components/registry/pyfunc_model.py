@@ -61,6 +61,7 @@ from safetensors.torch import load_file
 # Artifacts checked against the manifest, by the name the train stage gave the file.
 CHECKED_ARTIFACTS = {"card": "model.json", "weights": "weights.safetensors", "stats": "stats.json"}
 TEXT_ARTIFACTS = {"tokenizer": "tokenizer.json"}  # checked too when the model takes text
+COMPRESSED_ARTIFACTS = {"compression": "compression.json"}  # checked too for a compressed model
 TEXT_COLUMN = "text"  # the signature's one input column of a text model
 
 
@@ -114,7 +115,8 @@ def verify_artifacts(artifacts: dict[str, str]) -> None:
     folder's manifest (this file runs without the project, so the check is its own few lines)."""
     files = _read_json(artifacts["manifest"]).get("files") or {}
     text = _read_json(artifacts["stats"]).get("kind") == "text"
-    for key, name in {**CHECKED_ARTIFACTS, **(TEXT_ARTIFACTS if text else {})}.items():
+    compressed = COMPRESSED_ARTIFACTS if "compression" in artifacts else {}
+    for key, name in {**CHECKED_ARTIFACTS, **(TEXT_ARTIFACTS if text else {}), **compressed}.items():
         if key not in artifacts:
             raise ValueError(f"the model has no {key} artifact ({name}), which a text model needs")
         digest = hashlib.sha256()
@@ -189,9 +191,13 @@ class RegisteredClassifier(PythonModel):
         stats = _read_json(context.artifacts["stats"])
         architecture = card["architecture"]
         network = networks.build_model(architecture, networks.config_from_dict(architecture, card["config"]))
-        network.load_state_dict(load_file(context.artifacts["weights"]))
         model_config = getattr(context, "model_config", None)
         self.device = networks.inference_device(model_config)
+        compressed = "compression" in context.artifacts
+        if compressed:
+            network = self._compressed(context.artifacts, network, card)
+        else:
+            network.load_state_dict(load_file(context.artifacts["weights"]))
         self.class_names: list[str] = list(stats["class_names"])
         # class_name is categorical: its codes are the class ids, so no string is built per row.
         self.name_dtype = pd.CategoricalDtype(self.class_names)
@@ -200,12 +206,31 @@ class RegisteredClassifier(PythonModel):
         if stats.get("kind") == "text":
             self._load_text(context.artifacts, stats, network, networks)
         else:
-            self._load_images(stats, network, networks, model_config)
+            self._load_images(stats, network, networks, model_config, fold=not compressed)
+
+    def _compressed(self, artifacts: dict[str, str], network: torch.nn.Module, card: dict[str, Any]) -> Any:
+        """The compressed network: the float one given the stored method's structure and the stored
+        int8 tensors (the shipped ``codec``, torch only: nothing unpickled). Int8 kernels are CPU ones."""
+        codec = _import_unique([Path(artifacts["codec"])], "codec", Path(artifacts["codec"]), None)
+        compression = _read_json(artifacts["compression"])
+        shape = card["config"]["input_shape"]
+        text = card["config"].get("vocab_size") is not None
+        example = torch.zeros((1, *shape), dtype=torch.int64 if text else torch.float32)
+        self.device = torch.device("cpu")
+        tensors = load_file(artifacts["weights"])
+        return codec.rebuild(network, compression["method"], compression["layout"], tensors, example)
 
     def _load_images(
-        self, stats: dict[str, Any], network: torch.nn.Module, networks: ModuleType, model_config: Any
+        self,
+        stats: dict[str, Any],
+        network: torch.nn.Module,
+        networks: ModuleType,
+        model_config: Any,
+        *,
+        fold: bool = True,
     ) -> None:
-        module = networks.RawPixelClassifier(network, stats["mean"], stats["std"], fold_normalisation=True)
+        # A quantised first layer cannot absorb the normalisation (fold): its weights are int8.
+        module = networks.RawPixelClassifier(network, stats["mean"], stats["std"], fold_normalisation=fold)
         self.module = module.to(self.device).eval()
         self.image_shape: list[int] = list(stats["image_shape"])
         # Per-channel raw pixel range of the training split; None for data prepared before it was

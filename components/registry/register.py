@@ -21,6 +21,9 @@ Private models (DP-SGD, ``train.privacy.enabled``) go to ``<name>-dp``
 and ``privacy.delta``: they compete only with each other. A model folder whose training does not
 match ``train.privacy.enabled`` (trained before the setting changed) is refused.
 
+A compressed model (``models/<arch>-compressed``, when ``compress@<arch>`` accepted it) follows its
+float model through the same steps and gate, as its own version tagged ``compression=<method>``.
+
 Idempotent: a version is identified by the sha256 of its weights, so registering the same weights
 again adds no version and returns the decision recorded the first time.
 
@@ -42,6 +45,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from components.compression.folder import compressed_folder, is_accepted, load_compressed, read_card
 from components.config import Architecture, Params
 from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
@@ -70,6 +74,8 @@ from components.training.artifacts import (
     load_trained_model,
     read_train_info,
 )
+
+COMPRESSION_TAG = "compression"  # on a compressed model's version: the method (dynamic_int8, ...)
 
 
 def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
@@ -127,16 +133,19 @@ def register_all(
     report at ``report_path``; returns the report. Every model folder is checked first, so a broken
     one fails the stage before any version is added. ``on_decision`` hears each decision as made."""
     archs = params.train.architectures
+    folders = []  # each float model, then its compressed one when compress@<arch> accepted it
     for arch in archs:
-        check_registrable(arch, Path(models_dir) / arch, prepared_dir)
-        check_privacy_matches(
-            params, arch, Path(models_dir) / arch, read_train_info(Path(models_dir) / arch / TRAIN_INFO)
-        )
+        float_folder = Path(models_dir) / arch
+        check_privacy_matches(params, arch, float_folder, read_train_info(float_folder / TRAIN_INFO))
+        folders.append((arch, float_folder))
+        compressed = compressed_folder(models_dir, arch)
+        if is_accepted(compressed):
+            folders.append((arch, compressed))
+    for arch, folder in folders:
+        check_registrable(arch, folder, prepared_dir)
     decisions = []
-    for arch in archs:
-        decision = register(
-            params, arch, Path(models_dir) / arch, prepared_dir, project_root=project_root, tags=tags
-        )
+    for arch, folder in folders:
+        decision = register(params, arch, folder, prepared_dir, project_root=project_root, tags=tags)
         on_decision(decision)
         decisions.append(decision)
     return write_report(decisions, champion_version(params, project_root), report_path)
@@ -150,12 +159,21 @@ def check_registrable(arch: Architecture, model_dir: Path | str, prepared_dir: P
 
 
 def _candidate(arch: Architecture, model_dir: Path, prepared_dir: Path) -> _Candidate:
-    trained = load_trained_model(model_dir)
+    """``model_dir``: ``models/<arch>``, or ``models/<arch>-compressed`` (rebuilt over the float
+    model beside it, registered under the label ``<arch>-compressed`` with a ``compression`` tag)."""
+    card = read_card(model_dir)
+    trained = load_trained_model(model_dir.parent / arch if card else model_dir)
+    extra: dict[str, str] = {}
+    if card:
+        trained = load_compressed(model_dir, trained).trained
+        extra = {COMPRESSION_TAG: str(card["method"])}
     prepared = load_prepared(prepared_dir)
     test = require_split(prepared, "test", prepared_dir)
     version = check_same_data(trained, prepared, prepared_dir, f"re-run train@{arch} first")
     return _Candidate(
         arch=arch,
+        label=f"{arch}-compressed" if card else arch,
+        extra_tags=extra,
         trained=trained,
         test=test,
         inputs=raw_inputs(test, prepared.stats, prepared_dir),
@@ -170,6 +188,8 @@ class _Candidate:
     """A trained model about to be registered, and the test data it is judged on."""
 
     arch: Architecture
+    label: str  # the architecture, or <arch>-compressed: the decision's name in registration.json
+    extra_tags: dict[str, str]  # compression=<method> for a compressed model
     trained: Any
     test: PreparedSplit
     inputs: np.ndarray | pd.DataFrame  # the test split raw: (N, *image_shape) float32 pixels, or texts
@@ -194,7 +214,7 @@ def _register_under_lease(
     _ensure_registered_model(client, name, params)
     existing = _version_with_weights(client, name, weights_sha)
     if existing is not None and existing.tags.get(DECISION_TAG):
-        return recorded_decision(existing, arch, metric)
+        return recorded_decision(existing, candidate.label, metric)
     if existing is None:
         version_tags = {
             "architecture": arch,
@@ -203,6 +223,7 @@ def _register_under_lease(
             WEIGHTS_TAG: weights_sha,
             **training_code_tags(candidate.trained.info, project_root),
             **privacy_tags(candidate.trained.info),
+            **candidate.extra_tags,
             **(tags or {}),
         }
         example = inputs[:2] if isinstance(inputs, np.ndarray) else inputs.head(3)
@@ -214,7 +235,7 @@ def _register_under_lease(
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, new)
     decision = Decision(
-        architecture=arch,
+        architecture=candidate.label,
         model_name=name,
         version=str(new),
         weights_sha256=weights_sha,

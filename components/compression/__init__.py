@@ -1,0 +1,1 @@
+"""Compression of trained models: int8 quantisation, pruning, their storage, the compress stage."""
