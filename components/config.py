@@ -315,6 +315,27 @@ class EvaluateParams(Section):
     """Inference batch size for test metrics and latency."""
 
 
+class ExplainParams(Section):
+    """Attributions and their faithfulness check (read by the ``explain`` stages, docs/interpretability.md)."""
+
+    enabled: bool = True
+    """Compute attributions; ``false`` still writes a short report saying so (DVC needs the outputs)."""
+    samples_per_class: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """Test samples per class (a seeded draw) attributed: the class means and the deletion test
+    use them; a class with fewer test samples gives all it has."""
+    steps: Annotated[int, Field(ge=2, le=1024)] = 64
+    """Integration steps of integrated gradients (Gauss-Legendre): more steps, a smaller
+    convergence delta, proportionally more time."""
+    deletion_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    """Share of each input's pixels (or real tokens, at least one) the deletion test removes: the
+    highest-attributed ones, and separately a random draw of the same size."""
+    internal_batch_size: PositiveInt = 4096
+    """Rows per forward/backward pass inside integrated gradients (samples x steps are split into
+    chunks of this many): bounds memory, not the result."""
+    seed: Seed = 0
+    """Seed of the sample draw and of the random deletion."""
+
+
 class RegisterParams(Section):
     """Model-registry settings (read by the ``register`` stage)."""
 
@@ -393,6 +414,7 @@ with warnings.catch_warnings():
         models: ModelsParams = ModelsParams()
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
+        explain: ExplainParams = ExplainParams()
         mlflow: MLflowParams = MLflowParams()
         schedule: ScheduleParams = ScheduleParams()
 

@@ -68,6 +68,7 @@ def test_public_keys_keep_their_names() -> None:
         "models",
         "evaluate",
         "register",
+        "explain",
         "mlflow",
         "schedule",
     }
