@@ -323,9 +323,15 @@ class ExplainParams(Section):
     samples_per_class: Annotated[int, Field(ge=1, le=10_000)] = 20
     """Test samples per class (a seeded draw) attributed: the class means and the deletion test
     use them; a class with fewer test samples gives all it has."""
-    steps: Annotated[int, Field(ge=2, le=1024)] = 64
-    """Integration steps of integrated gradients (Gauss-Legendre): more steps, a smaller
-    convergence delta, proportionally more time."""
+    steps: Annotated[int, Field(ge=2, le=4096)] = 64
+    """Integration steps of integrated gradients (Gauss-Legendre) for every input; an input whose
+    convergence delta stays above ``delta_tolerance`` is integrated again with twice the steps,
+    up to ``max_steps``."""
+    max_steps: Annotated[int, Field(ge=2, le=4096)] = 1024
+    """Most integration steps any input gets (at least ``steps``)."""
+    delta_tolerance: Annotated[float, Field(gt=0.0)] = 0.01
+    """Largest acceptable |convergence delta| (sum of attributions minus the logit's change from
+    the baseline) per input; a larger one after ``max_steps`` is reported as a warning."""
     deletion_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     """Share of each input's pixels (or real tokens, at least one) the deletion test removes: the
     highest-attributed ones, and separately a random draw of the same size."""
@@ -334,6 +340,12 @@ class ExplainParams(Section):
     chunks of this many): bounds memory, not the result."""
     seed: Seed = 0
     """Seed of the sample draw and of the random deletion."""
+
+    @model_validator(mode="after")
+    def _max_steps_at_least_steps(self) -> ExplainParams:
+        if self.max_steps < self.steps:
+            raise ValueError(f"max_steps ({self.max_steps}) must be >= steps ({self.steps})")
+        return self
 
 
 class RegisterParams(Section):
