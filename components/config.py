@@ -316,7 +316,7 @@ class EvaluateParams(Section):
 
 
 class ExplainParams(Section):
-    """Attributions and their faithfulness check (read by the ``explain`` stages, docs/interpretability.md)."""
+    """Attributions and their faithfulness check (read by the ``explain`` stages)."""
 
     enabled: bool = True
     """Compute attributions; ``false`` still writes a short report saying so (DVC needs the outputs)."""

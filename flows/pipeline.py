@@ -73,6 +73,7 @@ def stage_dag(architectures: list[Architecture]) -> dict[str, list[str]]:
     for arch in architectures:
         dag[f"train@{arch}"] = ["preprocess"]
         dag[f"evaluate@{arch}"] = ["preprocess", f"train@{arch}"]
+        dag[f"explain@{arch}"] = ["preprocess", f"train@{arch}", f"evaluate@{arch}"]
     dag["register"] = ["preprocess", *(f"train@{arch}" for arch in architectures)]
     return dag
 
