@@ -54,12 +54,14 @@ _LONGEST_FIRST = (
 # processes, signals and servers (dvc repro, the flow CLI, mlflow/prefect servers, PostgreSQL).
 LAYERS = {
     "unit": (
-        "test_atomic.py", "test_docs.py", "test_dvc_stage_deps.py", "test_infra.py", "test_metrics.py",
+        "test_atomic.py", "test_docs.py", "test_dvc_stage_deps.py", "test_explain_units.py", "test_infra.py",
+        "test_metrics.py",
         "test_models.py", "test_params.py", "test_speed.py", "test_token_models.py",
     ),
     "integration": (
-        "test_corrupt_inputs.py", "test_evaluation.py", "test_faults_files.py", "test_gpu.py",
-        "test_mlflow_datasets.py", "test_model_behaviour.py", "test_orchestration.py", "test_preprocess.py",
+        "test_corrupt_inputs.py", "test_evaluation.py", "test_explain.py", "test_faults_files.py",
+        "test_gpu.py", "test_mlflow_datasets.py", "test_model_behaviour.py", "test_orchestration.py",
+        "test_preprocess.py",
         "test_real_mnist.py", "test_registry.py", "test_sources.py", "test_summary.py", "test_text_data.py",
         "test_text_behaviour.py", "test_text_evaluation.py", "test_text_registry.py", "test_tracking.py",
         "test_training.py",
