@@ -60,8 +60,8 @@ LAYERS = {
     ),
     "integration": (
         "test_corrupt_inputs.py", "test_evaluation.py", "test_explain.py", "test_faults_files.py",
-        "test_gpu.py", "test_mlflow_datasets.py", "test_model_behaviour.py", "test_orchestration.py",
-        "test_preprocess.py",
+        "test_gpu.py", "test_mlflow_datasets.py", "test_model_behaviour.py", "test_offline_plots.py",
+        "test_orchestration.py", "test_preprocess.py",
         "test_real_mnist.py", "test_registry.py", "test_sources.py", "test_summary.py", "test_text_data.py",
         "test_text_behaviour.py", "test_text_evaluation.py", "test_text_registry.py", "test_tracking.py",
         "test_training.py",
