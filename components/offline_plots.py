@@ -21,6 +21,8 @@ from components.atomic import atomic_write_text
 
 DEFAULT_OUT = Path(".dvc/plots/offline.html")
 PLACEHOLDERS = ("{plot_divs}", "{refresh_tag}", "{scripts}")
+# What DVC's plot divs call: ``vegaEmbed('#id', spec)`` as a global.
+GLOBALS = "window.vegaEmbed = vegaEmbed; window.vega = vega; window.vegaLite = vegaLite;"
 
 PAGE = """<!DOCTYPE html>
 <html>
@@ -58,7 +60,7 @@ def write_template(out: Path = DEFAULT_OUT) -> Path:
 
     import vl_convert
 
-    html = template_html(vl_convert.javascript_bundle(), version("vl-convert-python"))
+    html = template_html(vl_convert.javascript_bundle(GLOBALS), version("vl-convert-python"))
     atomic_write_text(out, html)
     return out
 
