@@ -74,7 +74,7 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
     project: Path, first_run: tuple[str, dict[str, Any]]
 ) -> None:
     flow_run_id, result = first_run
-    stages = {"ingest", "preprocess", *(f"{s}@{a}" for s in ("train", "evaluate") for a in ARCHS)}
+    stages = {"ingest", "preprocess", *(f"{s}@{a}" for s in ("train", "evaluate", "explain") for a in ARCHS)}
     assert result["stages_run"] == dict.fromkeys(stages, True)
 
     from prefect import get_client
