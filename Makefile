@@ -15,13 +15,14 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 # Never fetch a Python interpreter: use the machine's.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install postgres run test lint format docs clean
+.PHONY: install postgres run test lint format docs plots clean
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv \
 		|| python3 -m pip install --quiet --user uv \
 		|| python3 -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen
+	@test -f .dvc/plots/offline.html || $(UV) run python -m components.offline_plots
 
 # tests/test_postgres.py needs PostgreSQL's server binaries: install Debian's package when they are
 # missing and this runs as root with apt-get; otherwise those tests skip and say why.
@@ -52,6 +53,12 @@ format: install
 # docs/params.md is generated from the params schema (components/config.py); a test checks it.
 docs: install
 	$(UV) run python -m components.params_doc
+
+# `dvc plots show` offline: the HTML template with vega inlined (components/offline_plots.py), then
+# the page (dvc_plots/index.html): confusion matrices and attribution grids, no CDN needed.
+plots: install
+	$(UV) run python -m components.offline_plots
+	$(UV) run dvc plots show
 
 clean:
 	rm -rf data/raw data/prepared .pytest_cache .ruff_cache

@@ -415,6 +415,39 @@ class CompressParams(Section):
     accepted and registered."""
 
 
+class ExplainParams(Section):
+    """Attributions and their faithfulness check (read by the ``explain`` stages)."""
+
+    enabled: bool = True
+    """Compute attributions; ``false`` still writes a short report saying so (DVC needs the outputs)."""
+    samples_per_class: Annotated[int, Field(ge=1, le=10_000)] = 20
+    """Test samples per class (a seeded draw) attributed: the class means and the deletion test
+    use them; a class with fewer test samples gives all it has."""
+    steps: Annotated[int, Field(ge=2, le=4096)] = 64
+    """Integration steps of integrated gradients (Gauss-Legendre) for every input; an input whose
+    convergence delta stays above ``delta_tolerance`` is integrated again with twice the steps,
+    up to ``max_steps``."""
+    max_steps: Annotated[int, Field(ge=2, le=4096)] = 1024
+    """Most integration steps any input gets (at least ``steps``)."""
+    delta_tolerance: Annotated[float, Field(gt=0.0)] = 0.01
+    """Largest acceptable |convergence delta| (sum of attributions minus the logit's change from
+    the baseline) per input; a larger one after ``max_steps`` is reported as a warning."""
+    deletion_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    """Share of each input's pixels (or real tokens, at least one) the deletion test removes: the
+    highest-attributed ones, and separately a random draw of the same size."""
+    internal_batch_size: PositiveInt = 4096
+    """Rows per forward/backward pass inside integrated gradients (samples x steps are split into
+    chunks of this many): bounds memory, not the result."""
+    seed: Seed = 0
+    """Seed of the sample draw and of the random deletion."""
+
+    @model_validator(mode="after")
+    def _max_steps_at_least_steps(self) -> ExplainParams:
+        if self.max_steps < self.steps:
+            raise ValueError(f"max_steps ({self.max_steps}) must be >= steps ({self.steps})")
+        return self
+
+
 class RegisterParams(Section):
     """Model-registry settings (read by the ``register`` stage)."""
 
@@ -555,6 +588,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
         compress: CompressParams = CompressParams()
+        explain: ExplainParams = ExplainParams()
         sweep: SweepParams = SweepParams()
         mlflow: MLflowParams = MLflowParams()
         schedule: ScheduleParams = ScheduleParams()

@@ -75,6 +75,7 @@ def stage_dag(architectures: list[Architecture]) -> dict[str, list[str]]:
         dag[f"train@{arch}"] = ["preprocess"]
         dag[f"evaluate@{arch}"] = ["preprocess", f"train@{arch}"]
         dag[f"compress@{arch}"] = ["preprocess", f"train@{arch}", f"evaluate@{arch}"]
+        dag[f"explain@{arch}"] = ["preprocess", f"train@{arch}", f"evaluate@{arch}"]
     trained = [f"train@{arch}" for arch in architectures]
     dag["register"] = ["preprocess", *trained, *(f"compress@{arch}" for arch in architectures)]
     return dag

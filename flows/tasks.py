@@ -134,6 +134,17 @@ def compress_task(run: PipelineRun, arch: Architecture) -> bool:
     return run_unless_up_to_date(run.dvc, f"compress@{arch}", body)
 
 
+@task(name="explain", task_run_name="explain[{arch}]", **RETRY)
+def explain_task(run: PipelineRun, arch: Architecture) -> bool:
+    from components.interpret.explain import explain
+
+    def body() -> None:
+        models, reports = run.path(f"{MODELS}/{arch}"), run.path(f"{REPORTS}/{arch}")
+        explain(run.params, arch, run.path(PREPARED), models, reports, project_root=run.root)
+
+    return run_unless_up_to_date(run.dvc, f"explain@{arch}", body)
+
+
 @task(name="register", **RETRY)
 def register_task(run: PipelineRun) -> dict[str, Any]:
     """The ``register`` stage (every architecture, then ``reports/registration.json``), recorded in
@@ -158,6 +169,7 @@ STAGE_TASKS: dict[str, Task[..., Any]] = {
     "train": train_task,
     "evaluate": evaluate_task,
     "compress": compress_task,
+    "explain": explain_task,
     "register": register_task,
 }
 DATA_STAGES = ("ingest", "preprocess")  # run first, outside run_stages: everything needs them

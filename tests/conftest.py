@@ -55,15 +55,16 @@ _LONGEST_FIRST = (
 LAYERS = {
     "unit": (
         "test_atomic.py", "test_compress_params.py", "test_docs.py", "test_dvc_stage_deps.py",
-        "test_infra.py", "test_metrics.py", "test_models.py", "test_params.py", "test_privacy.py",
-        "test_speed.py", "test_sweep_space.py", "test_token_models.py",
+        "test_explain_units.py", "test_infra.py", "test_metrics.py", "test_models.py", "test_params.py",
+        "test_privacy.py", "test_speed.py", "test_sweep_space.py", "test_token_models.py",
     ),
     "integration": (
-        "test_compress.py", "test_corrupt_inputs.py", "test_evaluation.py", "test_faults_files.py",
-        "test_gpu.py", "test_mlflow_datasets.py", "test_model_behaviour.py", "test_orchestration.py",
-        "test_preprocess.py", "test_privacy_training.py", "test_real_mnist.py", "test_registry.py",
-        "test_sources.py", "test_summary.py", "test_sweep.py", "test_text_data.py", "test_text_behaviour.py",
-        "test_text_evaluation.py", "test_text_registry.py", "test_tracking.py", "test_training.py",
+        "test_compress.py", "test_corrupt_inputs.py", "test_evaluation.py", "test_explain.py",
+        "test_faults_files.py", "test_gpu.py", "test_mlflow_datasets.py", "test_model_behaviour.py",
+        "test_offline_plots.py", "test_orchestration.py", "test_preprocess.py", "test_privacy_training.py",
+        "test_real_mnist.py", "test_registry.py", "test_sources.py", "test_summary.py", "test_sweep.py",
+        "test_text_data.py", "test_text_behaviour.py", "test_text_evaluation.py", "test_text_registry.py",
+        "test_tracking.py", "test_training.py",
     ),
     "e2e": (
         "test_dependencies.py", "test_distributed.py", "test_dvc_repro.py", "test_faults_concurrency.py",

@@ -70,6 +70,7 @@ def test_public_keys_keep_their_names() -> None:
         "register",
         "compress",
         "sweep",
+        "explain",
         "mlflow",
         "schedule",
     }

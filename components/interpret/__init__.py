@@ -1,0 +1,1 @@
+"""Attributions of trained models (Captum) and their faithfulness check: the ``explain`` stage."""
