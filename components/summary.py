@@ -27,7 +27,7 @@ def print_summary(
     settings = load_params(params)
     reports = reports or root / "reports"
     # Logs and CI are not terminals: rich would fit the table into 80 columns and cut names.
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(prepared_table(prepared or root / "data" / "prepared"))
     chosen = list(architectures or settings.train.architectures)
     console.print(results_table(chosen, models or root / "models", reports, reports / REPORT))

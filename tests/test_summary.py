@@ -67,7 +67,7 @@ def _rows(root: Path) -> list[list[str]]:
 def test_the_evaluated_and_registered_model_shows_its_figures_and_version(tmp_path: Path) -> None:
     _model(tmp_path, "fp-1", WEIGHTS_BYTES)
     _reports(tmp_path, "fp-1")
-    row = ["mlp", "0.5000", "0.2500", "—", "—", "1,234", "2", "1.2 s", "1,000", "—", "v1 champion"]
+    row = ["mlp", "0.5000", "0.2500", "—", "1,234", "2", "1.2 s", "1,000", "—", "v1 champion"]
     assert _rows(tmp_path) == [row]
 
 
@@ -77,9 +77,9 @@ def test_a_text_report_shows_its_samples_per_second(tmp_path: Path) -> None:
     folder = _reports(tmp_path, "fp-1")
     metrics = {"accuracy": 0.75, "f1_macro": 0.5, "samples_per_second": 2500.0}
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    assert _rows(tmp_path)[0][1:3] + _rows(tmp_path)[0][8:9] == ["0.7500", "0.5000", "2,500"]
+    assert _rows(tmp_path)[0][1:3] + _rows(tmp_path)[0][7:8] == ["0.7500", "0.5000", "2,500"]
     (folder / "metrics.json").write_text(json.dumps({**metrics, "images_per_second": 9.0}))
-    assert _rows(tmp_path)[0][8] == "2,500"  # samples_per_second wins where both are present
+    assert _rows(tmp_path)[0][7] == "2,500"  # samples_per_second wins where both are present
 
 
 def test_a_model_retrained_after_its_evaluation_and_registration_shows_neither(tmp_path: Path) -> None:
@@ -87,14 +87,13 @@ def test_a_model_retrained_after_its_evaluation_and_registration_shows_neither(t
     version ("v1 champion" for weights never registered)."""
     _reports(tmp_path, "fp-1")
     _model(tmp_path, "fp-2", b"retrained weights", parameters=567)
-    stale = ["mlp", "stale: re-run evaluate@mlp", "", "—", "—", "567", "2", "1.2 s", "", "—"]
+    stale = ["mlp", "stale: re-run evaluate@mlp", "", "—", "567", "2", "1.2 s", "", "—"]
     assert _rows(tmp_path) == [[*stale, "stale: re-run register"]]
     # Re-evaluated but not re-registered: the figures come back, the version stays stale.
     _reports(tmp_path, "fp-2")
     assert _rows(tmp_path)[0][1:] == [
         "0.5000",
         "0.2500",
-        "—",
         "—",
         "567",
         "2",
@@ -116,7 +115,7 @@ def test_metrics_without_a_readable_fingerprint_are_not_vouched_for(
     elif report.startswith("{"):
         (folder / "classification_report.json").write_text(report)
     assert _rows(tmp_path)[0][1:3] == ["stale: re-run evaluate@mlp", ""]
-    assert _rows(tmp_path)[0][10] == "v1 champion"  # the weights are still the registered ones
+    assert _rows(tmp_path)[0][9] == "v1 champion"  # the weights are still the registered ones
 
 
 BAD_REGISTRATIONS = [
@@ -138,7 +137,7 @@ def test_a_bad_registration_file_prints_no_champion_line_and_no_versions(tmp_pat
         ["mlp"], tmp_path / "models", tmp_path / "reports", tmp_path / "reports/registration.json"
     )
     assert "unreadable" in str(table.caption)
-    assert _rows(tmp_path)[0][10] == ""
+    assert _rows(tmp_path)[0][9] == ""
 
 
 def test_champion_line_names_the_version_and_omits_an_unknown_architecture(tmp_path: Path) -> None:
@@ -181,7 +180,7 @@ def test_a_private_model_shows_the_epsilon_it_spent(tmp_path: Path) -> None:
     info["privacy"] = {"epsilon": 2.9951, "delta": 1e-5}
     (folder / "train_info.json").write_text(json.dumps(info))
     _reports(tmp_path, "fp-1")
-    assert _rows(tmp_path)[0][9] == "3.00 (δ 1e-05)"
+    assert _rows(tmp_path)[0][8] == "3.00 (δ 1e-05)"
 
 
 def test_the_compressed_size_and_accuracy_show_beside_the_float_ones(tmp_path: Path) -> None:
@@ -192,9 +191,12 @@ def test_the_compressed_size_and_accuracy_show_beside_the_float_ones(tmp_path: P
     (folder / "compression.json").write_text(
         json.dumps({**report, "after": {"size_bytes": 45_000, "accuracy": 0.975}})
     )
-    assert _rows(tmp_path)[0][3:5] == ["45 KB (3.9x)", "0.9750"]
+    assert _rows(tmp_path)[0][3] == "0.9750, 45 KB (3.9x)"
     rejected = {**report, "accepted": False, "after": {"size_bytes": 900, "accuracy": 0.5}}
     (folder / "compression.json").write_text(json.dumps(rejected))
-    assert _rows(tmp_path)[0][3:5] == ["900 B (195.6x)", "0.5000 ✗"]
+    assert _rows(tmp_path)[0][3] == "0.5000 ✗, 900 B (195.6x)"
     (folder / "compression.json").write_text(json.dumps({**rejected, "model_fingerprint": "fp-0"}))
-    assert _rows(tmp_path)[0][3:5] == ["stale: re-run compress@mlp", ""]
+    assert _rows(tmp_path)[0][3] == "stale: re-run compress@mlp"
+    none = {"model_fingerprint": "fp-1", "accepted": False, "method": "none", "before": before}
+    (folder / "compression.json").write_text(json.dumps(none))
+    assert _rows(tmp_path)[0][3] == "none"  # no compressed model: not a rejection

@@ -66,30 +66,26 @@ def size_text(size: float) -> str:
     return f"{size:.0f} B"
 
 
-def compression_cells(report_file: Path, info: dict[str, Any], arch: str) -> tuple[str, str]:
-    """``compressed size`` ("45 KB (3.9x)") and ``compressed acc`` (✗ when rejected) from
-    ``reports/<arch>/compression.json``; "—" where there is no compressed model to show."""
+def compression_cell(report_file: Path, info: dict[str, Any], arch: str) -> str:
+    """The compressed model's test accuracy and size from ``reports/<arch>/compression.json``:
+    ``0.9852, 54 KB (3.8x)``, marked ``✗`` when rejected; ``none`` when the method made none."""
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return "—", "—"
+        return "—"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"unreadable: {exc!r}", ""
+        return f"unreadable: {exc!r}"
     if report.get("model_fingerprint", _NOT_RECORDED) != info.get("fingerprint"):
-        return stale(f"compress@{arch}"), ""
+        return stale(f"compress@{arch}")
     before, after = report.get("before"), report.get("after")
     if not (isinstance(before, dict) and isinstance(after, dict)):
-        return "—", f"✗ {report.get('method', '')}".strip()
+        return str(report.get("method") or "—")
     try:
-        size, ratio, accuracy = (
-            after["size_bytes"],
-            before["size_bytes"] / after["size_bytes"],
-            after["accuracy"],
-        )
+        size, ratio = after["size_bytes"], before["size_bytes"] / after["size_bytes"]
         mark = "" if report.get("accepted") is True else " ✗"
-        return f"{size_text(size)} ({ratio:.1f}x)", f"{accuracy:.4f}{mark}"
+        return f"{after['accuracy']:.4f}{mark}, {size_text(size)} ({ratio:.1f}x)"
     except (KeyError, TypeError, ZeroDivisionError) as exc:
-        return f"unreadable: {exc!r}", ""
+        return f"unreadable: {exc!r}"
 
 
 def _evaluated_current_model(report_file: Path, info: dict[str, Any]) -> bool:
@@ -181,8 +177,7 @@ def results_table(
         ("architecture", "left"),
         ("accuracy", "right"),
         ("macro-F1", "right"),
-        ("compressed size", "right"),
-        ("compressed acc", "right"),
+        ("compressed", "right"),
         ("parameters", "right"),
         ("epochs", "right"),
         ("fit time", "right"),
@@ -206,7 +201,7 @@ def results_table(
             table.add_row(arch, f"unreadable: {exc}")
             continue
         registered = _registered_cell(versions.get(arch), model_dir / WEIGHTS)
-        compressed = compression_cells(report_dir / COMPRESSION_REPORT, info, arch)
-        row = (accuracy, f1_macro, *compressed, *_train_cells(info), speed, privacy_cell(info), registered)
+        compressed = compression_cell(report_dir / COMPRESSION_REPORT, info, arch)
+        row = (accuracy, f1_macro, compressed, *_train_cells(info), speed, privacy_cell(info), registered)
         table.add_row(arch, *row)
     return table
