@@ -4,7 +4,8 @@ architecture against the float model, on one CPU thread.
 Trains each architecture (params.yaml sizes, a few epochs), then runs the ``compress@<arch>``
 stage function once per method and prints, per (architecture, method): test accuracy drop (points),
 size ratio (float bytes / compressed bytes) and throughput ratio at batch 256 (compressed / float),
-plus batch-1 latency both ways.
+plus batch-1 latency both ways, whether the stage accepted it, and how many of the first 64 test
+rows got another class alone than in a batch of 256 (batch dependence).
 
     OMP_NUM_THREADS=1 uv run python bench/compression.py --epochs 3
 """
@@ -33,7 +34,7 @@ COMMON: dict[str, Any] = {
     "train.accelerator": "cpu",
 }
 METHODS = {
-    "mlp": ["dynamic_int8", "prune"],
+    "mlp": ["static_int8", "dynamic_int8", "prune"],
     "cnn": ["static_int8", "dynamic_int8", "prune"],
     "lstm": ["dynamic_int8", "prune"],
     "transformer": ["dynamic_int8", "prune"],
@@ -60,9 +61,9 @@ def main(
     print(f"data={data} threads={torch.get_num_threads()} workdir={root}", flush=True)
     print(
         "| arch | method | float acc | acc drop (points) | size | size ratio | b256 speed-up "
-        "| b1 ms float -> compressed |"
+        "| b1 ms float -> compressed | rows changed by batch | accepted |"
     )
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for name in arch or list(ALL_ARCHITECTURES):
         params = load_params(REPO / "params.yaml", common)
         train(params, name, prepared, root / "models" / name, work_root=root / ".work", project_root=root,
@@ -76,7 +77,8 @@ def main(
                 f"| {name} | {method} | {before['accuracy']:.4f} | {100 * report['accuracy_drop']:+.2f} "
                 f"| {before['size_bytes']:,} -> {after['size_bytes']:,} B | {report['size_ratio']:.2f}x "
                 f"| {report['speedup_256']:.2f}x | {before['latency_ms_batch_1']:.3f} -> "
-                f"{after['latency_ms_batch_1']:.3f} |",
+                f"{after['latency_ms_batch_1']:.3f} | {after['rows_changed_by_batch']} "
+                f"| {report['accepted']} |",
                 flush=True,
             )
 

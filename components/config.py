@@ -399,10 +399,11 @@ class CompressParams(Section):
 
     method: CompressMethod = "auto"
     """``auto`` (per architecture, from the measurements in docs/compression.md: static int8 for the
-    image cnn, dynamic int8 for the mlp, the transformer and the text cnn, none for the lstm),
-    ``dynamic_int8`` (int8 Linear/LSTM weights, activations quantised per batch), ``static_int8``
-    (int8 convolutions and activations calibrated on training images; image ``cnn`` only),
-    ``prune`` (magnitude pruning with a short fine-tune) or ``none`` (no compressed model)."""
+    image mlp and cnn, none for the lstm, the transformer and text models), ``dynamic_int8`` (int8
+    Linear/LSTM weights, activations quantised per call: a row's class depends on its batch, so it is
+    measured but never registered), ``static_int8`` (int8 weights and activations, ranges calibrated
+    on training images; image ``mlp`` and ``cnn`` only), ``prune`` (magnitude pruning with a short
+    fine-tune) or ``none`` (no compressed model)."""
     prune_amount: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     """``prune``: fraction of the Linear/Conv weights set to zero (smallest magnitudes, all layers
     together)."""

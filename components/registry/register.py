@@ -75,7 +75,7 @@ from components.training.artifacts import (
     read_train_info,
 )
 
-COMPRESSION_TAG = "compression"  # on a compressed model's version: the method (dynamic_int8, ...)
+COMPRESSION_TAG = "compression"  # on a compressed model's version: the method (static_int8, prune)
 
 
 def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
