@@ -88,6 +88,15 @@ def _trained_trials(tracking_uri: str, study: str) -> Counter[int]:
     return Counter(int(r.data.tags[TRIAL_TAG]) for r in runs if TRIAL_TAG in r.data.tags)
 
 
+def _failed_outputs(processes: list[subprocess.Popen[str]], outputs: list[str]) -> str:
+    """The whole output of each process that did not exit 0 (pytest would truncate a list's repr)."""
+    return "\n".join(
+        f"--- process {i} exited {p.returncode}; its output:\n{out}"
+        for i, (p, out) in enumerate(zip(processes, outputs, strict=True))
+        if p.returncode != 0
+    )
+
+
 def test_a_sweep_killed_mid_trial_is_finished_by_two_processes_sharing_its_study(
     digits_project: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -104,7 +113,7 @@ def test_a_sweep_killed_mid_trial_is_finished_by_two_processes_sharing_its_study
 
     processes = [_start(digits_project, params_file) for _ in range(2)]
     outputs = [p.communicate(timeout=DEADLINE_S)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert [p.returncode for p in processes] == [0, 0], _failed_outputs(processes, outputs)
 
     trials = optuna.load_study(study_name=study, storage=url).get_trials()
     counted = sorted(t.number for t in trials if t.state in COUNTED)

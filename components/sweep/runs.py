@@ -70,6 +70,15 @@ def parent_run(tracker: Tracker, study: optuna.Study, created: bool, params: Par
     return found
 
 
+def set_tags(tracker: Tracker, run_id: str, tags: dict[str, str]) -> None:
+    """Set ``tags`` on a run other sweep processes may tag at the same moment (the best trial's, the
+    parent): MLflow's ``set_tag`` fails when two processes add the same new key at once (UNIQUE
+    constraint), its ``log_batch`` retries that and then updates the row the other one added."""
+    from mlflow.entities import RunTag
+
+    tracker.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
 def _log_params(tracker: Tracker, run_id: str, logged: dict[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -96,7 +105,7 @@ def record_trial(
     ending a child settles its parent's status."""
     if run_id is not None:
         tracker.client.update_run(run_id, name=f"trial-{number}")
-        tracker.client.set_tag(run_id, STATE_TAG, STATES.get(state, state.name.lower()))
+        set_tags(tracker, run_id, {STATE_TAG: STATES.get(state, state.name.lower())})
         if value is not None:
             tracker.client.log_metric(run_id, VALUE_METRIC, value)
     tracker.client.update_run(parent_id, status="RUNNING")
@@ -111,7 +120,7 @@ def finish(tracker: Tracker, study: optuna.Study, parent_id: str, interrupted: b
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id:
             is_best = best is not None and trial.number == best.number
-            tracker.client.set_tag(str(run_id), BEST_TAG, str(is_best).lower())
+            set_tags(tracker, str(run_id), {BEST_TAG: str(is_best).lower()})
     tags = {"sweep.trials_counted": str(len(study.get_trials(deepcopy=False, states=COUNTED)))}
     if best is not None:
         tags |= {"sweep.best_trial": str(best.number), "sweep.best_value": f"{best.value:.6g}"}
@@ -154,5 +163,5 @@ def log_plots(tracker: Tracker, study: optuna.Study, parent_id: str) -> list[str
             plt.close(figure)
         tracker.client.log_artifacts(parent_id, folder, "sweep")
     if notes:
-        tracker.client.set_tag(parent_id, "sweep.plot_notes", "; ".join(notes))
+        set_tags(tracker, parent_id, {"sweep.plot_notes": "; ".join(notes)})
     return notes
