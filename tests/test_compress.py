@@ -143,7 +143,8 @@ def test_accepted_compressed_models_are_registered_tagged_and_serve_rows_indepen
 
     from components.data.normalize import Normalization
     from components.data.prepared import load_prepared
-    from components.registry.register import raw_pixels, register_all
+    from components.registry.judge import raw_pixels
+    from components.registry.register import register_all
 
     reports = {
         arch: _compress(digits_project, arch, method="auto", max_accuracy_drop=1.0) for arch in ("mlp", "cnn")

@@ -27,8 +27,9 @@ from components.data.manifest import MANIFEST
 from components.data.prepared import load_prepared
 from components.errors import EXIT_BAD_INPUT, EXIT_NO_SPACE, DataValidationError, NoSpaceError, PipelineError
 from components.evaluation.evaluate import PREDICTIONS, evaluate
+from components.registry.judge import raw_pixels
 from components.registry.predict import predict_file
-from components.registry.register import raw_pixels, register, registered_model_name
+from components.registry.register import register, registered_model_name
 from components.training.artifacts import load_trained_model
 from components.training.train import train
 from pipelines._cli import run_stage

@@ -111,7 +111,8 @@ def test_registered_model_predicts_on_cuda_what_it_predicts_on_the_cpu(
     import numpy as np
 
     from components.data.prepared import load_prepared
-    from components.registry.register import raw_pixels, register, registered_model_name
+    from components.registry.judge import raw_pixels
+    from components.registry.register import register, registered_model_name
 
     result, _ = _train(digits_project, arch)
     params = validate_params(tiny_params())

@@ -20,7 +20,7 @@ import torch
 from components.config import ALL_ARCHITECTURES, Architecture, validate_params
 from components.data.prepared import load_prepared
 from components.models import RawPixelClassifier
-from components.registry.register import raw_pixels
+from components.registry.judge import raw_pixels
 from components.training.artifacts import load_trained_model
 from components.training.train import train
 from tests.conftest import default_params

@@ -304,7 +304,7 @@ def test_the_champion_serves_over_rest_as_it_predicts_here_and_refuses_pixels_on
     import mlflow
 
     from components.data.prepared import load_prepared
-    from components.registry.register import raw_pixels
+    from components.registry.judge import raw_pixels
     from components.tracking import fluent_tracking
 
     prepared = load_prepared(two_pipelines["by-hand"] / "data" / "prepared")

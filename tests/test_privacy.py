@@ -13,9 +13,8 @@ from torch import nn
 
 from components.config import PrivacyParams, validate_params
 from components.errors import ParamsError
-from components.privacy.dp import default_delta, plan_privacy
+from components.privacy.dp import default_delta, plan_for, plan_privacy
 from components.privacy.membership import attack_figures, membership_inference
-from components.training.train import _privacy_plan
 from tests.conftest import default_params
 
 
@@ -73,7 +72,7 @@ def test_the_text_transformer_is_refused_saying_why() -> None:
     raw = _with()
     raw["data"]["source"] = "text"
     with pytest.raises(ParamsError, match=r"text transformer cannot train with DP-SGD.*data-dependent shape"):
-        _privacy_plan(validate_params(raw), "transformer", 1000)
+        plan_for(validate_params(raw), "transformer", 1000)
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])

@@ -22,6 +22,7 @@ from components.data.prepared import load_prepared
 from components.errors import PipelineError, TransientError
 from components.evaluation.summary import champion_line
 from components.registry.decisions import write_report
+from components.registry.judge import raw_pixels
 from components.registry.lease import EXPIRES_TAG, HOLDER_TAG, lock_name, registry_lease
 from components.registry.package import NETWORKS_DIR
 from components.registry.predict import predict_file
@@ -30,7 +31,6 @@ from components.registry.register import (
     CHALLENGER,
     CHAMPION,
     champion_version,
-    raw_pixels,
     register,
     registered_model_name,
 )

@@ -28,7 +28,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from components.config import PrivacyParams
+from components.config import Params, PrivacyParams, is_text_source
 from components.errors import ParamsError
 
 GSM_PREFIX = "_module."  # GradSampleModule's prefix on the wrapped network's state_dict keys
@@ -179,3 +179,19 @@ def privacy_record(plan: PrivacyPlan, accountant: IAccountant) -> dict[str, Any]
         expected_batch_size=plan.expected_batch_size,
     )
     return record
+
+
+def plan_for(params: Params, arch: str, n_train: int) -> PrivacyPlan | None:
+    """``train.privacy`` resolved for ``n_train`` examples, or None without DP; refuses the text
+    transformer (see docs/privacy.md)."""
+    settings = params.train.privacy
+    if not settings.enabled:
+        return None
+    if arch == "transformer" and is_text_source(params.data.source):
+        raise ParamsError(
+            "train.privacy.enabled: the text transformer cannot train with DP-SGD: its encoder has no "
+            "Opacus per-example gradient rule, so Opacus differentiates it per example with torch.func "
+            "vmap, which cannot trace the padding trimmed per batch (a data-dependent shape); "
+            "drop transformer from train.architectures or train it without privacy"
+        )
+    return plan_privacy(settings, n_train, params.train.batch_size, params.train.max_epochs)

@@ -4,6 +4,7 @@ whether a champion that failed to score could have been judged at all."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TypeAlias
 
 import mlflow
@@ -11,8 +12,12 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from components.errors import PipelineError, is_transient
+from components.data.normalize import Normalization
+from components.data.prepared import PreparedSplit
+from components.data.text_stats import TextStats
+from components.errors import DataValidationError, PipelineError, is_transient
 from components.evaluation.metrics import classification_metrics
+from components.registry.package import TEXT_COLUMN
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -78,3 +83,22 @@ def incomparable_or_raise(
             "once the champion loads"
         ) from error
     return mismatch
+
+
+def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
+    """The split's images back in the source's raw pixel values (what the registered model takes)."""
+    mean = np.asarray(stats.mean, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
+    std = np.asarray(stats.std, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
+    return (split.x * std + mean).astype(np.float32)  # (N, C, H, W)
+
+
+def raw_inputs(
+    split: PreparedSplit, stats: Normalization | TextStats, folder: Path
+) -> np.ndarray | pd.DataFrame:
+    """What the registered model takes for ``split``: its raw pixels, or its raw strings as a
+    ``text`` column (N rows)."""
+    if isinstance(stats, Normalization):
+        return raw_pixels(split, stats)
+    if split.texts is None:
+        raise DataValidationError(folder, "the prepared text split holds no raw texts (re-run preprocess)")
+    return pd.DataFrame({TEXT_COLUMN: split.texts})

@@ -19,10 +19,9 @@ registration:
   ``encoding``, a copy of ``components/data/tokenize.py`` (tokenizers and NumPy only): the one
   function preprocessing encoded the training texts with, imported like the architectures
 
-The network runs eagerly, as in training, so PyTorch's fused inference kernels (the transformer
-encoder's fast path, the LSTM's) apply; a ``torch.export`` graph loses them. It runs on the device
-that ``model_config={"device": ...}`` names at load time: ``auto`` (the default: the first CUDA
-device when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
+The network runs eagerly, as in training (PyTorch's fused inference kernels apply; a
+``torch.export`` graph loses them), on the device ``model_config={"device": ...}`` names: ``auto``
+(a CUDA device when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
 
 Inputs on another scale than the training split's raw pixels (0..255 for a model trained on the
 digits' 0..16) are refused with an ``INVALID_PARAMETER_VALUE`` error (over REST a 400 naming the

@@ -47,10 +47,7 @@ from mlflow.exceptions import MlflowException
 
 from components.compression.folder import compressed_folder, is_accepted, load_compressed, read_card
 from components.config import Architecture, Params
-from components.data.normalize import Normalization
 from components.data.prepared import PreparedSplit, load_prepared, require_split
-from components.data.text_stats import TextStats
-from components.errors import DataValidationError
 from components.hashing import sha256_file
 from components.naming import experiment_name, registered_model_name
 from components.registry.decisions import (
@@ -61,9 +58,9 @@ from components.registry.decisions import (
     recorded_decision,
     write_report,
 )
-from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, score
+from components.registry.judge import CHALLENGER, CHAMPION, incomparable_or_raise, raw_inputs, score
 from components.registry.lease import registry_lease
-from components.registry.package import TEXT_COLUMN, log_and_register, training_code_tags
+from components.registry.package import log_and_register, training_code_tags
 from components.registry.private import check_privacy_matches, privacy_tags
 from components.tracking import Tracker, fluent_tracking
 from components.tracking_server import tracking_error
@@ -76,25 +73,6 @@ from components.training.artifacts import (
 )
 
 COMPRESSION_TAG = "compression"  # on a compressed model's version: the method (static_int8, prune)
-
-
-def raw_pixels(split: PreparedSplit, stats: Normalization) -> np.ndarray:
-    """The split's images back in the source's raw pixel values (what the registered model takes)."""
-    mean = np.asarray(stats.mean, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
-    std = np.asarray(stats.std, dtype=np.float32)[None, :, None, None]  # (1, C, 1, 1)
-    return (split.x * std + mean).astype(np.float32)  # (N, C, H, W)
-
-
-def raw_inputs(
-    split: PreparedSplit, stats: Normalization | TextStats, folder: Path
-) -> np.ndarray | pd.DataFrame:
-    """What the registered model takes for ``split``: its raw pixels, or its raw strings as a
-    ``text`` column (N rows)."""
-    if isinstance(stats, Normalization):
-        return raw_pixels(split, stats)
-    if split.texts is None:
-        raise DataValidationError(folder, "the prepared text split holds no raw texts (re-run preprocess)")
-    return pd.DataFrame({TEXT_COLUMN: split.texts})
 
 
 def register(
@@ -135,14 +113,15 @@ def register_all(
     archs = params.train.architectures
     folders = []  # each float model, then its compressed one when compress@<arch> accepted it
     for arch in archs:
-        float_folder = Path(models_dir) / arch
-        check_privacy_matches(params, arch, float_folder, read_train_info(float_folder / TRAIN_INFO))
-        folders.append((arch, float_folder))
+        folders.append((arch, Path(models_dir) / arch))
         compressed = compressed_folder(models_dir, arch)
         if is_accepted(compressed):
             folders.append((arch, compressed))
     for arch, folder in folders:
         check_registrable(arch, folder, prepared_dir)
+    for arch in archs:
+        trained = Path(models_dir) / arch
+        check_privacy_matches(params, arch, trained, read_train_info(trained / TRAIN_INFO))
     decisions = []
     for arch, folder in folders:
         decision = register(params, arch, folder, prepared_dir, project_root=project_root, tags=tags)

@@ -20,7 +20,7 @@ from components.training.artifacts import MlflowRunRecord, TrainInfoContract, we
 from components.training.speed import resolve_speed
 
 if TYPE_CHECKING:
-    from components.tracking import Tracker
+    from components.tracking import TrackedRun, Tracker
     from components.training.fitting import Fit
     from components.training.train import Build
 
@@ -129,3 +129,11 @@ def mlflow_record(tracker: Tracker, run_id: str, parent_run_id: str) -> MlflowRe
         run_id=run_id,
         parent_run_id=parent_run_id,
     )
+
+
+def log_privacy(run: TrackedRun, privacy: Mapping[str, Any]) -> None:
+    """DP-SGD's figures on the run: the fixed ones as params, all of them as ``privacy_*`` metrics."""
+    fixed = ("delta", "noise_multiplier", "max_grad_norm", "sample_rate", "accountant", "planned_steps")
+    run.log_params({f"privacy.{key}": str(privacy[key]) for key in fixed})
+    numeric = {k: float(v) for k, v in privacy.items() if isinstance(v, int | float)}
+    run.log_metrics({f"privacy_{key}": value for key, value in numeric.items()})

@@ -34,7 +34,7 @@ from mlflow.entities import DatasetInput
 
 from components.atomic import atomic_directory, atomic_write_json, dumps_json
 from components.code_version import code_tags
-from components.config import Architecture, Params, flatten, is_text_source
+from components.config import Architecture, Params, flatten
 from components.data.manifest import TOKENIZER
 from components.data.normalize import Normalization
 from components.data.prepared import data_version, load_prepared, require_split
@@ -43,19 +43,16 @@ from components.errors import ParamsError
 from components.hashing import sha256_bytes
 from components.models import build_model, model_config
 from components.naming import experiment_name
-from components.privacy.dp import PrivacyPlan, plan_privacy
+from components.privacy.dp import PrivacyPlan, plan_for
 from components.tracking import TrackedRun, Tracker, pipeline_key
 from components.tracking_datasets import split_inputs
 from components.training.artifacts import WEIGHTS, write_model_folder
 from components.training.data import ClassificationData
 from components.training.fitting import checked_weights, make_fit, run_fit
-from components.training.info import mlflow_record, train_info
+from components.training.info import log_privacy, mlflow_record, train_info
 from components.training.module import Classifier
 from components.training.preemption import sigterm_raises
-from components.training.speed import (
-    check_accelerator,
-    resolve_speed,
-)
+from components.training.speed import check_accelerator, resolve_speed
 from components.training.work_lock import finished_meanwhile, one_training_at_a_time, record_reuse
 from components.training.world_size import check_launched_world_size, processes_per_node
 
@@ -146,7 +143,7 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
         require_split(prepared, split, prepared_dir)
     version = data_version(prepared_dir)
     stats = prepared.stats
-    plan = _privacy_plan(params, arch, len(prepared.splits["train"].x))  # before any side effect
+    plan = plan_for(params, arch, len(prepared.splits["train"].x))  # before any side effect
     try:
         vocab = stats.vocab_size if isinstance(stats, TextStats) else None
         config = model_config(
@@ -184,22 +181,6 @@ def build(params: Params, arch: Architecture, prepared_dir: Path, work_root: Pat
     inputs = split_inputs(params, prepared, prepared_dir, version, ("train", "val"))
     tokenizer = prepared_dir / TOKENIZER if isinstance(stats, TextStats) else None
     return Build(version, key, work_dir, config, network, module, data, stats, tokenizer, inputs, plan)
-
-
-def _privacy_plan(params: Params, arch: Architecture, n_train: int) -> PrivacyPlan | None:
-    """``train.privacy`` resolved for ``n_train`` examples, or None without DP; refuses the text
-    transformer (see docs/privacy.md)."""
-    settings = params.train.privacy
-    if not settings.enabled:
-        return None
-    if arch == "transformer" and is_text_source(params.data.source):
-        raise ParamsError(
-            "train.privacy.enabled: the text transformer cannot train with DP-SGD: its encoder has no "
-            "Opacus per-example gradient rule, so Opacus differentiates it per example with torch.func "
-            "vmap, which cannot trace the padding trimmed per batch (a data-dependent shape); "
-            "drop transformer from train.architectures or train it without privacy"
-        )
-    return plan_privacy(settings, n_train, params.train.batch_size, params.train.max_epochs)
 
 
 def open_child_run(
@@ -255,14 +236,6 @@ def record(
     run.log_metrics(size)
     run.log_artifacts(out_dir, "model_files")
     shutil.rmtree(built.work_dir, ignore_errors=True)  # while the caller holds the training lock
-
-
-def log_privacy(run: TrackedRun, privacy: Mapping[str, Any]) -> None:
-    """DP-SGD's figures on the run: the fixed ones as params, all of them as ``privacy_*`` metrics."""
-    fixed = ("delta", "noise_multiplier", "max_grad_norm", "sample_rate", "accountant", "planned_steps")
-    run.log_params({f"privacy.{key}": str(privacy[key]) for key in fixed})
-    numeric = {k: float(v) for k, v in privacy.items() if isinstance(v, int | float)}
-    run.log_metrics({f"privacy_{key}": value for key, value in numeric.items()})
 
 
 def train(
