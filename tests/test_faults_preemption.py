@@ -258,7 +258,11 @@ def test_a_bad_resume_checkpoint_is_set_aside_said_and_training_recovers(
     from components.training.train import train
     from tests.test_training import CrashAt
 
-    params = validate_params(tiny_params(max_epochs=2, early_stopping_patience=0, checkpoint_every_n_steps=3))
+    # One step per call: checkpoints at steps 3 and 6 before the crash (last.prev.ckpt, last.ckpt).
+    settings = tiny_params(
+        max_epochs=2, early_stopping_patience=0, checkpoint_every_n_steps=3, steps_per_call=1
+    )
+    params = validate_params(settings)
     work, out = digits_project / f".work-{bad}", digits_project / f"models-{bad}"
 
     def run_train(**kwargs: Any) -> Any:

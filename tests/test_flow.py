@@ -74,7 +74,8 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
     project: Path, first_run: tuple[str, dict[str, Any]]
 ) -> None:
     flow_run_id, result = first_run
-    stages = {"ingest", "preprocess", *(f"{s}@{a}" for s in ("train", "evaluate", "explain") for a in ARCHS)}
+    per_arch = ("train", "evaluate", "compress", "explain")
+    stages = {"ingest", "preprocess", *(f"{s}@{a}" for s in per_arch for a in ARCHS)}
     assert result["stages_run"] == dict.fromkeys(stages, True)
 
     from prefect import get_client
@@ -153,8 +154,8 @@ def test_dvc_repro_rebuilds_what_the_flow_built(
     ]
     from_flow = {name: (project / name).read_bytes() for name in files}
     versions = len(_versions(project))
-    # explain@mlp too: evaluate@mlp's new metrics.json (its timings) is explain's input
-    redo = ("train@mlp", "evaluate@mlp", "explain@mlp", "register")
+    # compress@/explain@mlp too: evaluate@mlp's new metrics.json (its timings) is their input
+    redo = ("train@mlp", "evaluate@mlp", "compress@mlp", "explain@mlp", "register")
     repro = dvc(project, "repro", "--force", "--single-item", *redo)
     assert ran_stages(repro.stdout) == set(redo)
     assert {name: (project / name).read_bytes() for name in files} == from_flow
@@ -193,9 +194,10 @@ def test_rerun_redoes_nothing_and_more_epochs_retrain_and_register(
     run(["git", "commit", "-qam", "more epochs"], project)
     _, edited = run_flow(project)
     ran = {stage for stage, did in edited["stages_run"].items() if did}
-    assert ran == {f"{s}@{a}" for s in ("train", "evaluate", "explain") for a in ARCHS}
+    assert ran == {f"{s}@{a}" for s in ("train", "evaluate", "compress", "explain") for a in ARCHS}
     decisions = edited["registration"]["decisions"]
-    assert len(_versions(project)) == versions + len(ARCHS)
+    assert {d["architecture"] for d in decisions} >= set(ARCHS)
+    assert len(_versions(project)) == versions + len(decisions)  # compressed ones too, when accepted
     for decision in decisions:
         previous = decision["previous_champion_value"]
         assert decision["promoted"] == (previous is None or decision["value"] > previous), decision
@@ -244,10 +246,11 @@ def test_a_failing_architecture_fails_the_flow_with_its_own_error_after_the_othe
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[str(state.state_details.flow_run_id)]))
         )
     states = {t.name: (t.state_type.value, t.state_name) for t in task_runs if "[" in t.name}
-    # evaluate@cnn, explain@cnn and register need train@cnn, as in dvc.yaml: they never started
+    # evaluate@, compress@, explain@cnn and register need train@cnn, as in dvc.yaml: they never started
     assert states == {
         "train[mlp]": ("COMPLETED", "Completed"),
         "evaluate[mlp]": ("COMPLETED", "Completed"),
+        "compress[mlp]": ("COMPLETED", "Completed"),
         "explain[mlp]": ("COMPLETED", "Completed"),
         "train[cnn]": ("FAILED", "Failed"),
     }

@@ -57,6 +57,7 @@ from tests.servers import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MODEL_NAME = "digits-classifier"
+MLP_FOLDERS = ("mlp", "mlp-compressed")  # a rejected compressed model leaves no weights
 INIT_SCRIPT = REPO / "infra" / "postgres" / "init-databases.sh"
 
 
@@ -264,7 +265,9 @@ def test_the_registry_stays_consistent_when_two_pipelines_register_at_once(
 ) -> None:
     from components.hashing import sha256_file
 
-    weights = {sha256_file(p / "models/mlp/weights.safetensors") for p in two_pipelines.values()}
+    # Each pipeline registers its mlp and, when compress@mlp accepted it, the compressed mlp.
+    files = [p / "models" / f / "weights.safetensors" for p in two_pipelines.values() for f in MLP_FOLDERS]
+    weights = {sha256_file(file) for file in files if file.is_file()}
     found = _mlflow(services, "model-versions/search", filter=f"name = '{MODEL_NAME}'", max_results="100")
     versions = found["model_versions"]
     tags = [_tags(v.get("tags", [])) for v in versions]

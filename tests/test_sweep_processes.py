@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from components.sweep.runs import TRIAL_TAG
-from components.sweep.study import COUNTED
+from components.sweep.study import COUNTED, PROCESS_PREFIX, fail_dead_trials
 from tests.conftest import REPO, tiny_params
 
 DEADLINE_S = 180.0  # generous: the machine may be busy; the polls end as soon as the state is seen
@@ -78,6 +78,10 @@ def _running(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
     return found.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
+def _claimed(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if any(key.startswith(PROCESS_PREFIX) for key in t.user_attrs)]
+
+
 def _trained_trials(tracking_uri: str, study: str) -> Counter[int]:
     """How many MLflow runs of ``study`` ended FINISHED per trial number."""
     client = MlflowClient(tracking_uri)
@@ -105,7 +109,8 @@ def test_a_sweep_killed_mid_trial_is_finished_by_two_processes_sharing_its_study
     study, url = "killed", _storage(tracking_uri)
     params_file = _params_file(tmp_path, study, n_trials=4, max_epochs=2)
     first = _start(digits_project, params_file)
-    _poll(lambda: _running(url, study) or first.poll() is not None, "a RUNNING trial")
+    # Claimed: the trial names its process (a kill between ask and claim is the next test's case).
+    _poll(lambda: _claimed(_running(url, study)) or first.poll() is not None, "a claimed RUNNING trial")
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed = [t.number for t in _running(url, study)]
@@ -125,3 +130,15 @@ def test_a_sweep_killed_mid_trial_is_finished_by_two_processes_sharing_its_study
     assert killed[0] not in trained  # the killed trial was not trained again
     assert sorted(trained) == counted
     assert set(trained.values()) == {1}  # each counted trial trained once
+
+
+def test_a_trial_its_process_never_claimed_is_failed_once_the_grace_is_over(tmp_path: Path) -> None:
+    """Killed between Optuna's ask and the claim, a trial names no process: nothing would ever end it,
+    and it would hold a place of n_trials forever."""
+    study = optuna.create_study(study_name="unclaimed", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial = study.ask()  # RUNNING, no process recorded
+    assert fail_dead_trials(study) == []  # within the grace: it may still be claimed
+    assert fail_dead_trials(study, unclaimed_after_s=0.0) == [trial.number]
+    (frozen,) = study.get_trials()
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs["sweep.failed"].startswith("no process claimed it")

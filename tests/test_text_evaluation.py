@@ -84,6 +84,7 @@ def test_text_evaluation_reports_samples_per_second_and_the_usual_files(
         "errors.csv",
         "metrics.json",
         "predictions.csv",
+        "privacy.json",
     ]
 
 

@@ -6,7 +6,8 @@ SQLite file ``optuna.db`` beside ``mlflow.db``: a file of its own, as both keep 
 
 A process killed mid-trial leaves its trial RUNNING forever. Each trial records the process that
 runs it (``process.*`` user attributes, as MLflow runs do): before each trial, RUNNING trials whose
-process on this host is gone are marked FAIL. Trials of other hosts are failed by Optuna's heartbeat
+process on this host is gone are marked FAIL, as are trials no process claimed within :data:`GRACE_S`
+(killed between ``ask`` and the claim). Trials of other hosts are failed by Optuna's heartbeat
 when they have not beaten for :data:`GRACE_S`. Failed trials never count towards ``n_trials``.
 """
 
@@ -17,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -109,15 +111,26 @@ def _process_gone(trial: FrozenTrial) -> bool:
     return process is not None and process != this_process() and is_gone(process)
 
 
-def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process (on this host) is gone, and those of other hosts
-    whose heartbeat stopped; return the numbers of those this call failed."""
+def _unclaimed(trial: FrozenTrial, after_s: float) -> bool:
+    """Started over ``after_s`` ago and never claimed: its process died between ``ask`` and
+    :func:`claim` (milliseconds apart), so nothing else would ever end it."""
+    claimed = any(key.startswith(PROCESS_PREFIX) for key in trial.user_attrs)
+    started = trial.datetime_start
+    return not claimed and started is not None and (datetime.now() - started).total_seconds() > after_s
+
+
+def fail_dead_trials(study: optuna.Study, unclaimed_after_s: float = GRACE_S) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process (on this host) is gone, those no process claimed
+    within ``unclaimed_after_s``, and those of other hosts whose heartbeat stopped; return the
+    numbers of those this call failed."""
     failed = []
     storage = study._storage  # the study's own storage object (no public accessor)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _process_gone(trial):
+        gone = _process_gone(trial)
+        if gone or _unclaimed(trial, unclaimed_after_s):
+            why = "its process was killed" if gone else "no process claimed it (killed as it started)"
             try:
-                storage.set_trial_user_attr(trial._trial_id, "sweep.failed", "its process was killed")
+                storage.set_trial_user_attr(trial._trial_id, "sweep.failed", why)
                 if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                     failed.append(trial.number)
             except UpdateFinishedTrialError:  # another process failed it first
