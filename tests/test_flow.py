@@ -93,7 +93,11 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
         assert (project / "models" / arch / "weights.safetensors").is_file()
         assert json.loads((project / "reports" / arch / "metrics.json").read_text())["test_images"] == 270
     registration = json.loads((project / "reports" / "registration.json").read_text())
-    assert [d["architecture"] for d in registration["decisions"]] == ARCHS
+    # Each architecture, then its compressed model when compress@ accepted it.
+    registered = [d["architecture"] for d in registration["decisions"]]
+    assert [a for a in registered if not a.endswith("-compressed")] == ARCHS
+    accepted = [a for a in ARCHS if (project / f"models/{a}-compressed/weights.safetensors").is_file()]
+    assert [a.removesuffix("-compressed") for a in registered if a.endswith("-compressed")] == accepted
 
     # Lineage: the flow's parent run and every child carry the flow run, the commit, the data.
     client = _client(project)
@@ -114,7 +118,7 @@ def test_flow_runs_every_stage_with_lineage_and_leaves_dvc_clean(
         assert child.info.status == "FINISHED"
         assert "test_accuracy" in child.data.metrics
     versions = _versions(project)
-    assert len(versions) == len(ARCHS)
+    assert len(versions) == len(registered)
     assert {v.tags["prefect.flow_run_id"] for v in versions} == {flow_run_id}
     assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION) is not None
 
