@@ -17,7 +17,6 @@ A rejected compression, or ``compress.method: none``, leaves only ``compression.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,14 @@ from components.compression.codec import rebuild
 from components.data.manifest import TOKENIZER, read_manifest, write_file_manifest
 from components.errors import DataValidationError
 from components.models import build_model
-from components.training.artifacts import MODEL_CARD, STATS, TRAIN_INFO, WEIGHTS, TrainedModel
+from components.training.artifacts import (
+    MODEL_CARD,
+    STATS,
+    TRAIN_INFO,
+    WEIGHTS,
+    TrainedModel,
+    read_json_object,
+)
 
 COMPRESSION = "compression.json"
 STAGE = "compress"
@@ -68,15 +74,7 @@ def write_marker(folder: Path, card: dict[str, Any]) -> None:
 def read_card(folder: Path | str) -> dict[str, Any] | None:
     """``compression.json`` of ``folder``, or None when there is none."""
     path = Path(folder) / COMPRESSION
-    if not path.is_file():
-        return None
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataValidationError(path, "is not valid JSON", str(exc)) from None
-    if not isinstance(card, dict):
-        raise DataValidationError(path, "must hold a JSON object")
-    return card
+    return read_json_object(path) if path.is_file() else None
 
 
 def is_accepted(folder: Path | str) -> bool:

@@ -134,7 +134,8 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing, unreadable or non-object file is a DataValidationError."""
     if not path.is_file():
         raise DataValidationError(path, "missing (run the train stage first)")
     try:
@@ -173,7 +174,7 @@ def read_train_info(path: Path | str) -> dict[str, Any]:
     ``AttributeError`` halfway through evaluation, after its reports were written).
     """
     path = Path(path)
-    info = _read_json(path)
+    info = read_json_object(path)
     try:
         TrainInfoContract.model_validate(info)
     except ValidationError as exc:
@@ -190,7 +191,7 @@ def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -
     folder's manifest (:func:`verify_model_folder`); errors name the file and the rule."""
     folder = Path(folder)
     verify_model_folder(folder)
-    card = _read_json(folder / MODEL_CARD)
+    card = read_json_object(folder / MODEL_CARD)
     try:
         architecture = str(card["architecture"])
         config = config_from_dict(architecture, card["config"])
@@ -199,7 +200,7 @@ def load_trained_model(folder: Path | str, device: str | torch.device = "cpu") -
             folder / MODEL_CARD, "must name a known architecture and its config", str(exc)
         ) from None
     try:
-        raw_stats = _read_json(folder / STATS)
+        raw_stats = read_json_object(folder / STATS)
         stats: Stats = (
             TextStats.from_dict(raw_stats)
             if raw_stats.get("kind") == "text"
