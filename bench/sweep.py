@@ -4,9 +4,15 @@ For each architecture: the params.yaml defaults trained once (their validation a
 epoch, and test accuracy), then ``run_sweep`` (the function behind ``python -m flows.sweep``) with
 the space below, timed; then the winner retrained through ``train`` and scored on the test split by
 ``evaluate``, like the pipeline would. Prints one ``key=value`` line per architecture and a
-Markdown table. Run with one thread per process on a shared machine:
+Markdown table. ``--set`` overrides params (another dataset, or the whole space as YAML), e.g.
+the patch-size measurement behind ``models.transformer.patch_size: auto`` (docs/models-and-training.md).
+Run with one thread per process on a shared machine:
 
     OMP_NUM_THREADS=1 uv run python bench/sweep.py --arch mlp --arch cnn
+    OMP_NUM_THREADS=1 uv run python bench/sweep.py --arch transformer --n-trials 10 \
+        -S data.source=idx -S data.path=../shared/data/mnist-10k \
+        -S 'sweep.space={models.transformer.patch_size: {choices: [4, 7, 14]},
+            train.learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}}'
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+import yaml
 
 from components.config import ALL_ARCHITECTURES, Architecture, Params, load_params
 from components.data.ingest import ingest
@@ -44,6 +51,17 @@ SPACES: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["data.source=idx"]`` -> ``{"data.source": "idx"}`` (values read as YAML)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def _train_and_test(
     params: Params, arch: Architecture, prepared: Path, root: Path, name: str
 ) -> tuple[float, float]:
@@ -54,17 +72,19 @@ def _train_and_test(
     return objective_value(result.info, "val_acc"), float(metrics["accuracy"])
 
 
-def bench(arch: Architecture, root: Path, prepared: Path, n_trials: int) -> dict[str, Any]:
+def bench(
+    arch: Architecture, root: Path, prepared: Path, n_trials: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
     space = {"train.learning_rate": LR, "train.batch_size": BATCH, **SPACES[arch]}
     sweep = {"sweep.architecture": arch, "sweep.n_trials": n_trials, "sweep.seed": 0, "sweep.pruning": True}
-    params = load_params(REPO / "params.yaml", {**sweep, "sweep.space": space})
+    params = load_params(REPO / "params.yaml", {**sweep, "sweep.space": space, **overrides})
     default_val, default_test = _train_and_test(
-        load_params(REPO / "params.yaml"), arch, prepared, root, f"{arch}-default"
+        load_params(REPO / "params.yaml", overrides), arch, prepared, root, f"{arch}-default"
     )
     started = time.perf_counter()
     result = run_sweep(params, root, prepared, root / "sweeps")
     wall = time.perf_counter() - started
-    winner = load_params(REPO / "params.yaml", result.best_values)
+    winner = load_params(REPO / "params.yaml", {**overrides, **result.best_values})
     _, best_test = _train_and_test(winner, arch, prepared, root, f"{arch}-winner")
     states = [o.state.name.lower() for o in result.outcomes]
     return {
@@ -78,7 +98,18 @@ def bench(arch: Architecture, root: Path, prepared: Path, n_trials: int) -> dict
         "winner_test_acc": round(best_test, 4),
         "default_test_acc": round(default_test, 4),
         "best": " ".join(f"{k}={v}" for k, v in result.best_values.items()),
+        "trial_values": "; ".join(_trial_summary(o) for o in result.outcomes),
     }
+
+
+def _trial_summary(outcome: Any) -> str:
+    """``#3 pruned 0.9120 patch_size=7 learning_rate=0.0021 (41.2 s)``: one trial, for the record."""
+    values = " ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+        for k, v in outcome.values.items()
+    )
+    value = f"{outcome.value:.4f}" if outcome.value is not None else "-"
+    return f"#{outcome.number} {outcome.state.name.lower()} {value} {values} ({outcome.seconds:.1f} s)"
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -89,18 +120,25 @@ def main(
     arch: Annotated[list[str] | None, typer.Option(help="Architectures (default: all four).")] = None,
     n_trials: Annotated[int, typer.Option(help="Trials per sweep.")] = 25,
     workdir: Annotated[Path | None, typer.Option(help="Keep the project here (default: a temp dir).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-S", help="key=value params override, value read as YAML (repeatable)."),
+    ] = None,
 ) -> None:
     root = (workdir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    base = load_params(REPO / "params.yaml")
+    overrides = parse_overrides(set_ or [])
+    if "data.path" in overrides:  # relative to the caller, as typed
+        overrides["data.path"] = str(Path(overrides["data.path"]).resolve())
+    base = load_params(REPO / "params.yaml", overrides)
     prepared = root / "data" / "prepared"
     ingest(base.data, root / "data" / "raw", root)
     preprocess(base.preprocess, root / "data" / "raw", prepared)
     print(f"workdir={root} threads={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
     rows = []
     for name in arch or list(ALL_ARCHITECTURES):
-        row = bench(cast(Architecture, name), root, prepared, n_trials)
+        row = bench(cast(Architecture, name), root, prepared, n_trials, overrides)
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     print(
