@@ -287,17 +287,19 @@ class MLPParams(ModelSection):
 
 class CNNParams(ModelSection):
     """``cnn``. Images: [conv 3x3 -> ReLU -> max-pool 2] per entry of ``channels`` -> dense ->
-    classes; valid convolutions while every stage keeps at least a 2x2 map (28x28: 28 -> 26 -> 13
-    -> 11 -> 5), "same" padding otherwise (8x8: 8 -> 4 -> 2), decided from the input shape. Text
-    (Kim 2014): token embeddings -> parallel 1-D convolutions, one per ``kernel_sizes`` entry ->
-    ReLU -> max over time -> dropout -> classes."""
+    classes. Text (Kim 2014): token embeddings -> parallel 1-D convolutions, one per
+    ``kernel_sizes`` entry -> ReLU -> max over time -> dropout -> classes."""
 
-    IMAGE_ONLY = frozenset({"channels", "dense_size"})
+    IMAGE_ONLY = frozenset({"channels", "dense_size", "padding"})
     TEXT_ONLY = frozenset({"embedding_dim", "kernel_sizes", "filters"})
 
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
     """Images only: output channels of each 3x3 convolution (each followed by ReLU and 2x2
     max-pooling)."""
+    padding: Annotated[int, Field(ge=0, le=1)] | Literal["auto"] = "auto"
+    """Images only: zero padding of each 3x3 convolution, 0 (valid) or 1 (same). ``auto``: valid
+    while every stage keeps at least a 2x2 map (28x28: 28 -> 26 -> 13 -> 11 -> 5), else same (8x8:
+    8 -> 4 -> 2); the chosen value is in model.json and the run's ``network.padding``."""
     dense_size: PositiveInt = 64
     """Images only: width of the dense layer before the classifier."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -321,6 +323,8 @@ class LSTMParams(ModelSection):
     """Stacked LSTM layers."""
     dense_size: PositiveInt = 64
     """Width of the dense layer on the last hidden state."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Dropout on each time step's input (text: the token embeddings) and on the final hidden state."""
     embedding_dim: PositiveInt = 64
     """Text only: width of the token embeddings (the LSTM's input per step)."""
 
@@ -331,8 +335,10 @@ class TransformerParams(ModelSection):
 
     IMAGE_ONLY = frozenset({"patch_size"})
 
-    patch_size: PositiveInt = 4
-    """Images only: side of the square image patches (images are zero-padded to a multiple of it)."""
+    patch_size: PositiveInt | Literal["auto"] = "auto"
+    """Images only: side of the square image patches (images are zero-padded to a multiple of it).
+    ``auto``: half the longer side, a 2x2 grid of patches (8x8: 4; 28x28: 14), the best measured
+    (docs/models-and-training.md); the chosen value is in model.json and the run's ``network.patch_size``."""
     d_model: PositiveInt = 64
     """Embedding width (of patches or tokens); divisible by ``num_heads``."""
     num_heads: PositiveInt = 8

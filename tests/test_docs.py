@@ -107,7 +107,8 @@ def test_every_schema_field_has_a_meaning() -> None:
 @pytest.mark.parametrize("arch", list(REGISTRY))
 def test_model_config_defaults_equal_the_params_defaults(arch: str) -> None:
     """The model dataclasses (torch only: a registered model carries a copy, so they cannot import
-    the schema) keep the schema's defaults; old model.json files missing a key load with them."""
+    the schema) keep the schema's defaults; old model.json files missing a key load with them.
+    A schema ``auto`` is None in the dataclass: chosen from the input's shape there too."""
     config_cls, _ = REGISTRY[arch]
     section = getattr(ModelsParams(), arch).model_dump()
     defaults = {
@@ -117,5 +118,5 @@ def test_model_config_defaults_equal_the_params_defaults(arch: str) -> None:
     }
     assert set(defaults) == set(section), f"{config_cls.__name__} and models.{arch} differ in keys"
     for key, value in section.items():
-        expected = tuple(value) if isinstance(value, list) else value
+        expected = tuple(value) if isinstance(value, list) else None if value == "auto" else value
         assert defaults[key] == expected, f"{config_cls.__name__}.{key}: {defaults[key]!r} != {expected!r}"

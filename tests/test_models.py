@@ -50,12 +50,43 @@ def test_every_architecture_takes_token_ids_when_the_data_give_a_vocabulary(arch
 def test_cnn_padding_follows_the_image_size() -> None:
     # 28x28 keeps the classic valid convolutions (28 -> 26 -> 13 -> 11 -> 5) ...
     large = CNNConfig(input_shape=(1, 28, 28), num_classes=10)
-    assert (large.padding, large.feature_shape) == (0, (64, 5, 5))
+    assert (large.conv_padding, large.feature_shape) == (0, (64, 5, 5))
     # ... 8x8 would vanish without padding, so it gets "same" convolutions (8 -> 4 -> 2).
     small = CNNConfig(input_shape=(1, 8, 8), num_classes=10)
-    assert (small.padding, small.feature_shape) == (1, (64, 2, 2))
+    assert (small.conv_padding, small.feature_shape) == (1, (64, 2, 2))
     with pytest.raises(ValueError, match="too small"):
         _ = CNNConfig(input_shape=(1, 4, 4), num_classes=10, channels=(8, 8, 8)).feature_shape
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch_size", "padding"),
+    [((1, 8, 8), 4, 1), ((1, 28, 28), 14, 0), ((3, 32, 32), 16, 0), ((1, 28, 20), 14, 0)],
+)
+def test_auto_settings_resolve_from_the_image_shape_into_the_saved_config(
+    shape: tuple[int, int, int], patch_size: int, padding: int
+) -> None:
+    models = ModelsParams()  # patch_size and padding: auto
+    transformer = model_config("transformer", models, shape, num_classes=10)
+    cnn = model_config("cnn", models, shape, num_classes=10)
+    assert config_to_dict(transformer)["patch_size"] == patch_size
+    assert config_to_dict(cnn)["padding"] == padding  # model.json holds the chosen value
+    assert build_model("transformer", config_from_dict("transformer", config_to_dict(transformer)))
+
+
+def test_explicit_values_replace_auto_and_one_that_does_not_fit_is_refused() -> None:
+    models = ModelsParams.model_validate({"transformer": {"patch_size": 14}, "cnn": {"padding": 1}})
+    assert model_config("transformer", models, (1, 28, 28), num_classes=10).patch_size == 14  # type: ignore[union-attr]
+    assert config_to_dict(model_config("cnn", models, (1, 28, 28), num_classes=10))["padding"] == 1
+    valid = ModelsParams.model_validate({"cnn": {"padding": 0}})
+    with pytest.raises(ValueError, match="too small for 2 conv\\+pool stages with padding 0"):
+        model_config("cnn", valid, (1, 8, 8), num_classes=10)
+
+
+def test_a_model_json_from_before_the_padding_key_keeps_its_shape_rule() -> None:
+    saved = {"input_shape": [1, 8, 8], "num_classes": 10, "channels": [8, 16]}  # no "padding"
+    config = config_from_dict("cnn", saved)
+    assert isinstance(config, CNNConfig)
+    assert config.conv_padding == 1
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
@@ -130,8 +161,8 @@ def test_raw_pixel_classifier_normalises_as_preprocessing_did() -> None:
     [
         ("mlp", (2, 8, 8), True),
         ("lstm", (2, 7, 5), True),
-        ("transformer", (2, 8, 12), True),
-        ("transformer", (2, 9, 9), False),  # padded to 12x12: the padding is normalised zeros
+        ("transformer", (2, 8, 16), True),  # patches of 8: no padding
+        ("transformer", (2, 9, 9), False),  # patches of 5, padded to 10x10: normalised zeros
         ("cnn", (2, 8, 8), False),  # its convolutions zero-pad the normalised image
     ],
 )
@@ -164,3 +195,15 @@ def test_inference_device_reads_model_config_and_refuses_what_it_cannot_run_on()
         inference_device({"device": "tpu"})
     with pytest.raises(ValueError, match="no such CUDA device"):
         inference_device({"device": f"cuda:{torch.cuda.device_count()}"})  # one past the last
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (12,)])
+def test_lstm_dropout_acts_in_training_only(shape: tuple[int, ...]) -> None:
+    vocab = 50 if len(shape) == 1 else None
+    models = ModelsParams.model_validate({"lstm": {"dropout": 0.5}})
+    model = build_model("lstm", model_config("lstm", models, shape, num_classes=3, vocab_size=vocab))
+    x = torch.randint(1, 50, (4, *shape)) if vocab else torch.randn(4, *shape)
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))  # training: two draws of the masks
+    model.eval()
+    assert torch.equal(model(x), model(x))

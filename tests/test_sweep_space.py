@@ -28,6 +28,7 @@ def test_the_default_space_and_a_mixed_space_are_accepted() -> None:
                 "models.cnn.dropout": {"low": 0.0, "high": 0.5},
                 "models.cnn.channels": {"choices": [[8, 16], [16, 32]]},
                 "train.accelerator": {"choices": ["cpu"]},
+                "models.cnn.padding": {"choices": ["auto", 0, 1]},  # an auto key: auto among choices
             }
         )
     )
@@ -96,6 +97,14 @@ REFUSED: dict[str, tuple[dict[str, Any], list[str]]] = {
     "log from zero": (
         {"train.weight_decay": {"low": 0.0, "high": 0.1, "log": True}},
         ["sweep.space.train.weight_decay", "low > 0"],
+    ),
+    "range on an auto key": (
+        {"models.cnn.padding": {"low": 0, "high": 1}},
+        ["sweep.space.models.cnn.padding", 'holds "auto"', "give choices"],
+    ),
+    "padding beyond same": (
+        {"models.cnn.padding": {"choices": [0, 2]}},
+        ["sweep.space.models.cnn.padding", "choice 2"],
     ),
     "empty choices": ({"train.batch_size": {"choices": []}}, ["sweep.space.train.batch_size", "choices"]),
 }

@@ -78,6 +78,11 @@ def test_child_run_holds_params_curves_tags_metrics_and_artifacts(tracked: dict[
     assert {k: params[k] for k in expected} == expected
     assert params["models.cnn.channels"] == "[8, 16]"
     assert "models.mlp.hidden_sizes" not in params  # only this architecture's sizes
+    # An auto setting is logged as given and as the network was built (8x8 digits: same padding).
+    model_json = json.loads((root / "models" / "cnn" / "model.json").read_text())
+    assert (params["models.cnn.padding"], params["network.padding"]) == ("auto", "1")
+    assert model_json["config"]["padding"] == 1
+    assert params["network.input_shape"] == "(1, 8, 8)"
 
     tags = run.data.tags
     assert tags["architecture"] == "cnn"

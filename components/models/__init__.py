@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .cnn import CNNConfig
+from .cnn import CNNConfig, choose_padding
 from .cnn_text import build_cnn
 from .lstm import LSTMClassifier, LSTMConfig
 from .mlp import MLP, MLPConfig
 from .raw_pixels import RawPixelClassifier, class_probabilities, inference_device, pixel_range_problem
 from .tokens import PAD_ID
-from .transformer import TransformerClassifier, TransformerConfig
+from .transformer import TransformerClassifier, TransformerConfig, auto_patch_size
 
 if TYPE_CHECKING:  # annotations only: a registered model's copy of this package has no params module
     from components.config import Architecture, ModelsParams
@@ -72,10 +72,24 @@ def model_config(
     config_cls, _ = REGISTRY[arch]
     section = getattr(models, arch).model_dump()
     fields = {key: tuple(value) if isinstance(value, list) else value for key, value in section.items()}
+    fields.update(resolve_auto(fields, tuple(input_shape)))
     config: ModelConfig = config_cls(
         input_shape=tuple(input_shape), num_classes=num_classes, vocab_size=vocab_size, **fields
     )
     return config
+
+
+def resolve_auto(fields: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The value each ``auto`` setting takes for this input shape, so that model.json records
+    it. Token input: None (these keys shape images only)."""
+    image = len(input_shape) == 3
+    height, width = input_shape[1:] if image else (0, 0)
+    resolved: dict[str, Any] = {}
+    if fields.get("patch_size") == "auto":
+        resolved["patch_size"] = auto_patch_size(height, width) if image else None
+    if fields.get("padding") == "auto":
+        resolved["padding"] = choose_padding(height, width, len(fields["channels"])) if image else None
+    return resolved
 
 
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:

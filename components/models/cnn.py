@@ -1,9 +1,9 @@
 """``cnn``: [conv 3x3 -> ReLU -> max-pool 2] per entry of ``channels`` -> dense -> class logits.
 
 The classic MNIST network uses unpadded ("valid") convolutions: 28 -> 26 -> 13 -> 11 -> 5. On the
-8x8 digits that would shrink the map to nothing (8 -> 6 -> 3 -> 1 -> 0), so the padding is chosen
-from the input shape: valid convolutions while every stage keeps at least a 2x2 map, "same"
-padding otherwise (8 -> 8 -> 4 -> 4 -> 2).
+8x8 digits that would shrink the map to nothing (8 -> 6 -> 3 -> 1 -> 0), so ``padding: auto``
+(:func:`choose_padding`) keeps valid convolutions while every stage keeps at least a 2x2 map and
+pads ("same") otherwise (8 -> 8 -> 4 -> 4 -> 2).
 
 Token input (``vocab_size`` set) takes Kim (2014)'s network instead: :mod:`.cnn_text`.
 """
@@ -47,6 +47,7 @@ class CNNConfig:
     embedding_dim: int = 64  # token input: embedding width
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # token input: width (in tokens) of each parallel convolution
     filters: int = 100  # token input: output channels of each of those convolutions
+    padding: int | None = None  # images: of each 3x3 conv, 0 or 1; None: choose_padding (older model.json)
 
     def __post_init__(self) -> None:
         check_input_kind("cnn", self.input_shape, self.vocab_size)
@@ -56,7 +57,10 @@ class CNNConfig:
             raise ValueError(f"cnn: kernel_sizes must be one or more widths >= 1, got {self.kernel_sizes}")
 
     @property
-    def padding(self) -> int:
+    def conv_padding(self) -> int:
+        """The padding the convolutions use: ``padding``, or the one the image's shape calls for."""
+        if self.padding is not None:
+            return self.padding
         _, height, width = self.input_shape
         return choose_padding(height, width, len(self.channels))
 
@@ -65,12 +69,12 @@ class CNNConfig:
         """(C, H, W) of the last pooled feature map."""
         _, height, width = self.input_shape
         stages = len(self.channels)
-        h = spatial_sizes(height, stages, self.padding)[-1]
-        w = spatial_sizes(width, stages, self.padding)[-1]
+        h = spatial_sizes(height, stages, self.conv_padding)[-1]
+        w = spatial_sizes(width, stages, self.conv_padding)[-1]
         if h < 1 or w < 1:
             raise ValueError(
-                f"cnn: a {height}x{width} image is too small for {stages} conv+pool stages; "
-                "use fewer models.cnn.channels"
+                f"cnn: a {height}x{width} image is too small for {stages} conv+pool stages "
+                f"with padding {self.conv_padding}; use fewer models.cnn.channels or models.cnn.padding: auto"
             )
         return self.channels[-1], h, w
 
@@ -85,7 +89,7 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         for out_channels in config.channels:
             layers += [
-                nn.Conv2d(in_channels, out_channels, KERNEL, padding=config.padding),
+                nn.Conv2d(in_channels, out_channels, KERNEL, padding=config.conv_padding),
                 nn.ReLU(),
                 nn.MaxPool2d(POOL),
             ]

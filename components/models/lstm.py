@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -27,6 +28,7 @@ class LSTMConfig:
     dense_size: int = 64  # dense layer on the last hidden state
     vocab_size: int | None = None  # token input: the tokenizer's vocabulary size; None: images
     embedding_dim: int = 64  # token input: embedding width
+    dropout: float = 0.0  # on each time step's input (text: the embeddings) and on the final hidden state
 
     def __post_init__(self) -> None:
         check_input_kind("lstm", self.input_shape, self.vocab_size)
@@ -63,12 +65,17 @@ class LSTMClassifier(nn.Module):
             # end: per-example gradients (DP-SGD, Opacus) then line up row by row in every layer.
             lengths = real_tokens(x).sum(dim=1)  # (B,)
             order = torch.sort(lengths, descending=True, stable=True).indices  # (B,)
-            logits = self.head(self._last_real_output(x[order]))  # (B, hidden_size) -> (B, num_classes)
+            last = self._dropout(self._last_real_output(x[order]))  # (B, hidden_size)
+            logits = self.head(last)  # (B, num_classes)
             return logits[torch.argsort(order)]
         b, c, h, w = x.shape
         steps = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # (B, C, H, W) -> (B, H, C*W)
-        _, (hidden, _) = self.lstm(steps)  # hidden: (num_layers, B, hidden_size)
-        return self.head(hidden[-1])  # (B, hidden_size) -> (B, num_classes)
+        _, (hidden, _) = self.lstm(self._dropout(steps))  # hidden: (num_layers, B, hidden_size)
+        return self.head(self._dropout(hidden[-1]))  # (B, hidden_size) -> (B, num_classes)
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        # functional: the head's layer indices (and so older weights files) stay as they were
+        return F.dropout(x, self.config.dropout, self.training)
 
     def _last_real_output(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T) right-padded ids -> (B, hidden_size): the top layer's output at each last real token.
@@ -78,7 +85,8 @@ class LSTMClassifier(nn.Module):
         """
         assert self.embedding is not None
         lengths = real_tokens(x).sum(dim=1).cpu()  # (B,), on the host as packing requires
-        packed = pack_padded_sequence(self.embedding(x), lengths, batch_first=True, enforce_sorted=False)
+        embedded = self._dropout(self.embedding(x))  # (B, T, embedding_dim)
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
         _, (hidden, _) = self.lstm(packed)  # hidden: (num_layers, B, hidden_size), in the input's order
         # (forward passes the rows longest first, so packing keeps them in place)
         return hidden[-1]

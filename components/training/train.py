@@ -41,7 +41,7 @@ from components.data.prepared import data_version, load_prepared, require_split
 from components.data.text_stats import TextStats
 from components.errors import ParamsError
 from components.hashing import sha256_bytes
-from components.models import build_model, model_config
+from components.models import build_model, config_to_dict, model_config
 from components.naming import experiment_name
 from components.privacy.dp import PrivacyPlan, plan_for
 from components.tracking import TrackedRun, Tracker, pipeline_key
@@ -214,6 +214,7 @@ def open_child_run(
     built.work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(built.work_dir / RUN_FILE, {"run_id": run.run_id})
     run.log_params(run_params(params, arch))
+    run.log_params({f"network.{key}": str(value) for key, value in config_to_dict(built.config).items()})
     run.log_inputs(built.inputs)
     return run, parent
 
