@@ -9,7 +9,12 @@ import torch
 
 from components.config import validate_params
 from components.errors import ParamsError
-from components.interpret.attribution import Attributions, converged, integrated_gradients_tokens
+from components.interpret.attribution import (
+    Attributions,
+    converged,
+    embedding_layer,
+    integrated_gradients_tokens,
+)
 from components.interpret.deletion import (
     deletion_count,
     deletion_report,
@@ -19,6 +24,9 @@ from components.interpret.deletion import (
 )
 from components.interpret.figures import WrongText, wrong_texts_html
 from components.models import build_model
+from components.models.cnn import CNNConfig
+from components.models.lstm import LSTMConfig
+from components.models.mlp import MLPConfig
 from components.models.transformer import TransformerConfig
 
 
@@ -87,11 +95,11 @@ def test_inputs_whose_delta_is_too_large_are_integrated_again_with_more_steps() 
     assert np.abs(result.attributions.delta[:2]).max() <= 0.01 < result.attributions.delta[2]
 
 
-def test_token_attributions_are_complete_and_zero_on_padding() -> None:
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm", "transformer"])
+def test_token_attributions_are_complete_and_zero_on_padding(arch: str) -> None:
     torch.manual_seed(0)
-    config = TransformerConfig(input_shape=(6,), num_classes=3, vocab_size=20, d_model=16, num_heads=2,
-                               num_layers=1, ff_size=32)  # fmt: skip
-    model = build_model("transformer", config).eval()
+    model = build_model(arch, SMALL_TEXT[arch]).eval()
+    # The shorter text first: the lstm runs its rows longest first, which must not mix them up.
     ids = torch.tensor([[5, 7, 9, 0, 0, 0], [3, 4, 5, 6, 7, 8]])
     targets = torch.tensor([2, 0])
 
@@ -108,6 +116,16 @@ def test_token_attributions_are_complete_and_zero_on_padding() -> None:
     np.testing.assert_allclose(result.attributions.scores.sum(axis=1), expected, atol=0.01)
 
 
+SMALL_TEXT = {
+    "mlp": MLPConfig(input_shape=(6,), num_classes=3, vocab_size=20, hidden_sizes=(8,), embedding_dim=8),
+    "cnn": CNNConfig(input_shape=(6,), num_classes=3, vocab_size=20, embedding_dim=8, filters=4),
+    "lstm": LSTMConfig(input_shape=(6,), num_classes=3, vocab_size=20, hidden_size=8, dense_size=8,
+                       embedding_dim=8),
+    "transformer": TransformerConfig(input_shape=(6,), num_classes=3, vocab_size=20, d_model=16, num_heads=2,
+                                     num_layers=1, ff_size=32),
+}  # fmt: skip
+
+
 class EmbeddedZero(torch.nn.Module):
     """The model with every token embedding zero (the baseline), its masks from the real ids."""
 
@@ -116,7 +134,8 @@ class EmbeddedZero(torch.nn.Module):
         self.model = model
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        handle = self.model.embed.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
+        layer = embedding_layer(self.model)
+        handle = layer.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
         try:
             return self.model(ids)
         finally:

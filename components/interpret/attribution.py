@@ -21,6 +21,7 @@ from captum.attr import IntegratedGradients, Saliency
 from torch import nn
 
 from components.models import PAD_ID
+from components.models.tokens import real_tokens
 
 METHOD = "gausslegendre"  # Captum's default; converges far faster than the Riemann rules
 
@@ -75,7 +76,10 @@ def converged(
 class EmbeddedInput(nn.Module):
     """``model(ids)`` with ``layer``'s output replaced by ``embedded`` (B, T, E): a function of the
     embeddings that integrated gradients can differentiate. Models that drop all-padding columns
-    first (:func:`~components.models.tokens.trim_padding`) get the same columns of ``embedded``."""
+    first (:func:`~components.models.tokens.trim_padding`) get the same columns of ``embedded``.
+
+    The rows go in longest first (a stable sort), the order in which the lstm embeds them (for
+    DP-SGD): its own sort is then the identity, so each row's embedding replaces its own."""
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
         super().__init__()
@@ -83,14 +87,19 @@ class EmbeddedInput(nn.Module):
         self.layer = layer
 
     def forward(self, embedded: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        lengths = real_tokens(ids).sum(dim=1)  # (B,)
+        order = torch.sort(lengths, descending=True, stable=True).indices  # (B,)
+        ordered = embedded[order]  # (B, T, E)
+
         def replace(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
-            return embedded[:, : output.shape[1]]  # (B, T', E)
+            return ordered[:, : output.shape[1]]  # (B, T', E)
 
         handle = self.layer.register_forward_hook(replace)
         try:
-            return self.model(ids)  # (B, K) logits
+            logits = self.model(ids[order])  # (B, K), longest first
         finally:
             handle.remove()
+        return logits[torch.argsort(order)]  # back in the input's order
 
 
 def embedding_layer(model: nn.Module) -> nn.Embedding:
