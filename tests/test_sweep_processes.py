@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from components.sweep.runs import TRIAL_TAG
-from components.sweep.study import COUNTED, PROCESS_PREFIX, fail_dead_trials
+from components.sweep.study import COUNTED, PROCESS_ATTR, claim, fail_dead_trials
 from tests.conftest import REPO, tiny_params
 
 DEADLINE_S = 180.0  # generous: the machine may be busy; the polls end as soon as the state is seen
@@ -79,7 +79,7 @@ def _running(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _claimed(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in trials if any(key.startswith(PROCESS_PREFIX) for key in t.user_attrs)]
+    return [t for t in trials if PROCESS_ATTR in t.user_attrs]
 
 
 def _trained_trials(tracking_uri: str, study: str) -> Counter[int]:
@@ -142,3 +142,25 @@ def test_a_trial_its_process_never_claimed_is_failed_once_the_grace_is_over(tmp_
     (frozen,) = study.get_trials()
     assert frozen.state == TrialState.FAIL
     assert frozen.user_attrs["sweep.failed"].startswith("no process claimed it")
+
+
+def test_a_trial_claimed_by_a_process_that_is_gone_is_failed_at_once(tmp_path: Path) -> None:
+    """The claim is one attribute (host, pid, start time), written in one go: a process killed while
+    claiming leaves either a whole record, which this test fakes for a finished process, or none."""
+    study = optuna.create_study(study_name="gone", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial = study.ask()
+    claim(trial)
+    mine = study.get_trials()[0].user_attrs[PROCESS_ATTR]
+    assert fail_dead_trials(study) == []  # this process runs: its trial stays
+    dead = {**mine, "pid": str(_free_pid())}
+    study._storage.set_trial_user_attr(trial._trial_id, PROCESS_ATTR, dead)
+    assert fail_dead_trials(study) == [trial.number]
+    (frozen,) = study.get_trials()
+    assert frozen.user_attrs["sweep.failed"] == "its process was killed"
+
+
+def _free_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

@@ -37,7 +37,7 @@ STORAGE_ENV = "OPTUNA_STORAGE"
 DEFAULT_STORAGE_FILE = "optuna.db"
 HEARTBEAT_S = 20  # how often a running trial records that its process is alive
 GRACE_S = 120  # a trial of another host is failed after this long without a heartbeat
-PROCESS_PREFIX = "process."
+PROCESS_ATTR = "process"  # the claiming process (host, pid, started, pid_namespace), one attribute
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials n_trials counts
 
 
@@ -91,9 +91,9 @@ def counted(study: optuna.Study) -> int:
 
 
 def claim(trial: optuna.Trial) -> None:
-    """Record this process on ``trial`` (its liveness is how a rerun tells a dead trial)."""
-    for key, value in this_process().tags(PROCESS_PREFIX).items():
-        trial.set_user_attr(key, value)
+    """Record this process on ``trial`` (its liveness is how a rerun tells a dead trial), in one
+    attribute: one write, so a process killed while claiming leaves all of it or none."""
+    trial.set_user_attr(PROCESS_ATTR, this_process().tags(""))
 
 
 def may_run(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -106,15 +106,15 @@ def may_run(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
 
 
 def _process_gone(trial: FrozenTrial) -> bool:
-    tags = {k: str(v) for k, v in trial.user_attrs.items()}
-    process = ProcessRef.from_tags(tags, PROCESS_PREFIX)
+    recorded = trial.user_attrs.get(PROCESS_ATTR)
+    process = ProcessRef.from_tags(recorded, "") if isinstance(recorded, dict) else None
     return process is not None and process != this_process() and is_gone(process)
 
 
 def _unclaimed(trial: FrozenTrial, after_s: float) -> bool:
     """Started over ``after_s`` ago and never claimed: its process died between ``ask`` and
     :func:`claim` (milliseconds apart), so nothing else would ever end it."""
-    claimed = any(key.startswith(PROCESS_PREFIX) for key in trial.user_attrs)
+    claimed = PROCESS_ATTR in trial.user_attrs
     started = trial.datetime_start
     return not claimed and started is not None and (datetime.now() - started).total_seconds() > after_s
 
