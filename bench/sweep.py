@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
-import yaml
 
-from components.config import ALL_ARCHITECTURES, Architecture, Params, load_params
+from components.config import ALL_ARCHITECTURES, Architecture, Params, key_overrides, load_params
 from components.data.ingest import ingest
 from components.data.preprocess import preprocess
 from components.evaluation.evaluate import evaluate
@@ -49,17 +48,6 @@ SPACES: dict[str, dict[str, Any]] = {
         "train.weight_decay": {"low": 1.0e-6, "high": 1.0e-3, "log": True},
     },
 }
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["data.source=idx"]`` -> ``{"data.source": "idx"}`` (values read as YAML)."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{pair!r}: expected key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def _train_and_test(
@@ -128,7 +116,7 @@ def main(
     root = (workdir or Path(tempfile.mkdtemp(prefix="sweep-bench-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    overrides = parse_overrides(set_ or [])
+    overrides = key_overrides(set_ or [])
     if "data.path" in overrides:  # relative to the caller, as typed
         overrides["data.path"] = str(Path(overrides["data.path"]).resolve())
     base = load_params(REPO / "params.yaml", overrides)

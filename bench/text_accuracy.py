@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
-from components.config import ALL_ARCHITECTURES, load_params
+from components.config import ALL_ARCHITECTURES, key_overrides, load_params
 from components.data.ingest import ingest
 from components.data.preprocess import preprocess
 from components.evaluation.evaluate import evaluate
@@ -31,17 +30,6 @@ from components.training.train import train
 REPO = Path(__file__).resolve().parents[1]
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["train.learning_rate=0.002"]`` -> ``{"train.learning_rate": 0.002}`` (values read as YAML)."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{pair!r}: expected key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def _timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -111,7 +99,7 @@ def main(
         "data.source": "text",
         "data.path": str(data.resolve()),
         "data.text_column": text_column,
-        **parse_overrides(set_ or []),
+        **key_overrides(set_ or []),
     }
     if vocab_size is not None:
         overrides["preprocess.text.vocab_size"] = vocab_size
