@@ -279,7 +279,7 @@ class MLPParams(ModelSection):
     hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256, 128]
     """Width of each hidden layer, input side first."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    """Dropout after each hidden layer."""
+    """Dropout after each hidden layer (text: on the bag of embeddings too)."""
     embedding_dim: PositiveInt = 64
     """Text only: width of the token embeddings, whose mean over the real tokens feeds the first
     hidden layer."""
@@ -348,7 +348,8 @@ class TransformerParams(ModelSection):
     ff_size: PositiveInt = 512
     """Feed-forward width inside each layer."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    """Dropout inside each layer."""
+    """Dropout inside each layer (text: also on the embedded tokens, positions added, and on the
+    pooled features, as BERT does)."""
     pool: Literal["mean", "cls"] = "mean"
     """Sequence pooling: mean over positions (text: over real tokens), or a learned class token."""
 

@@ -197,6 +197,34 @@ def test_inference_device_reads_model_config_and_refuses_what_it_cannot_run_on()
         inference_device({"device": f"cuda:{torch.cuda.device_count()}"})  # one past the last
 
 
+@pytest.mark.parametrize(
+    ("arch", "shape", "layer", "dropped"),
+    [
+        ("mlp", (12,), "net.1", True),  # the bag of embeddings
+        ("transformer", (12,), "encoder", True),  # tokens + positions
+        ("transformer", (12,), "head", True),  # the pooled features
+        ("transformer", (1, 8, 8), "encoder", False),  # patches + positions: kept whole, as ViT
+    ],
+)
+def test_text_dropout_reaches_the_embedded_input_and_the_pooled_features(
+    arch: Architecture, shape: tuple[int, ...], layer: str, dropped: bool
+) -> None:
+    vocab = 50 if len(shape) == 1 else None
+    models = ModelsParams.model_validate({arch: {"dropout": 0.5}})
+    model = build_model(arch, model_config(arch, models, shape, num_classes=3, vocab_size=vocab))
+    seen: list[torch.Tensor] = []
+    model.get_submodule(layer).register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+    x = torch.randint(1, 50, (4, *shape)) if vocab else torch.randn(4, *shape)
+    torch.manual_seed(0)
+    model(x)
+    model.eval()
+    model(x)
+    training, inference = seen
+    assert (inference != 0).all()
+    zeroed = (training == 0).float().mean()
+    assert zeroed > 0.3 if dropped else zeroed == 0  # about half of the features, or none
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (12,)])
 def test_lstm_dropout_acts_in_training_only(shape: tuple[int, ...]) -> None:
     vocab = 50 if len(shape) == 1 else None

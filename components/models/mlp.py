@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .raw_pixels import fold_into_affine
@@ -22,7 +23,7 @@ class MLPConfig:
     input_shape: tuple[int, ...]  # one input, e.g. (C, H, W) = (1, 28, 28), or (T,) of token ids
     num_classes: int  # width of the logits
     hidden_sizes: tuple[int, ...] = (256, 128)  # hidden layer widths, input side first
-    dropout: float = 0.0  # dropout after each hidden layer
+    dropout: float = 0.0  # dropout after each hidden layer (token input: on the bag of embeddings too)
     vocab_size: int | None = None  # token input: the tokenizer's vocabulary size; None: images
     embedding_dim: int = 64  # token input: embedding width (the first hidden layer's input)
 
@@ -52,7 +53,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.embedding is not None:
-            x = masked_mean(self.embedding(x), real_tokens(x))  # (B, T) ids -> (B, embedding_dim)
+            bag = masked_mean(self.embedding(x), real_tokens(x))  # (B, T) ids -> (B, embedding_dim)
+            x = F.dropout(bag, self.config.dropout, self.training)  # as the lstm drops its embeddings
         # x: (B, *input_shape) or (B, embedding_dim) -> logits (B, num_classes)
         return self.net(x)
 
