@@ -348,8 +348,7 @@ class TransformerParams(ModelSection):
     ff_size: PositiveInt = 512
     """Feed-forward width inside each layer."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    """Dropout inside each layer (text: also on the embedded tokens, positions added, and on the
-    pooled features, as BERT does)."""
+    """Dropout inside each layer."""
     pool: Literal["mean", "cls"] = "mean"
     """Sequence pooling: mean over positions (text: over real tokens), or a learned class token."""
 

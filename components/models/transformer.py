@@ -38,7 +38,7 @@ class TransformerConfig:
     num_heads: int = 8  # attention heads
     num_layers: int = 2  # encoder layers
     ff_size: int = 512  # feed-forward width
-    dropout: float = 0.1  # inside the encoder (tokens: also on the embedded input and the pooled features)
+    dropout: float = 0.1  # dropout inside the encoder
     pool: Literal["mean", "cls"] = "mean"  # mean over positions or a learned class token
     vocab_size: int | None = None  # token input: the tokenizer's vocabulary size; None: images
 
@@ -119,19 +119,14 @@ class TransformerClassifier(nn.Module):
             cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, d_model)
             tokens = torch.cat([cls, tokens], dim=1)  # (B, 1+T, d_model)
             real = None if real is None else F.pad(real, (1, 0), value=True)  # (B, 1+T)
-        tokens = self._text_dropout(tokens + self.positions[:, : tokens.shape[1]])
+        tokens = tokens + self.positions[:, : tokens.shape[1]]
         padding = None if real is None else ~real  # (B, T'): True = ignored as a key
         encoded = self.norm(self.encoder(tokens, src_key_padding_mask=padding))  # (B, T', d_model)
         if self.cls_token is not None:
             pooled = encoded[:, 0]  # (B, d_model)
         else:
             pooled = encoded.mean(dim=1) if real is None else masked_mean(encoded, real)  # (B, d_model)
-        return self.head(self._text_dropout(pooled))  # (B, num_classes)
-
-    def _text_dropout(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens are dropped as BERT drops its embeddings and pooled output; patches are not (ViT)."""
-        rate = self.config.dropout if self.config.vocab_size is not None else 0.0
-        return F.dropout(x, rate, self.training)
+        return self.head(pooled)  # (B, num_classes)
 
     def fold_input_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> bool:
         """Make the patch projection take raw pixels (see :class:`RawPixelClassifier`).
